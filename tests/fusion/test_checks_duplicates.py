@@ -1,0 +1,101 @@
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusion.checks import duplicates
+from fusion.checks.duplicates import PerceptualHashIndex
+
+
+def study_with(cf, img, uid, modality="DX"):
+    case = cf.with_pixels(cf.make_case(modality), img.astype(np.float32))
+    return cf.with_study(case, study_instance_uid=uid).study
+
+
+def jpeg(img):
+    u8 = duplicates.normalise_to_uint8(img, "DX")
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, "JPEG", quality=70)
+    return np.asarray(Image.open(buf)).astype(np.float32) * 16.0
+
+
+def reencoded_variants(img):
+    rng = np.random.default_rng(7)
+    return {
+        "identical": img,
+        "noise": img + rng.normal(0, 30, img.shape),
+        "jpeg": jpeg(img),
+        "rescaled": img * 0.8 + 100,
+        "noise+jpeg": jpeg(img + rng.normal(0, 20, img.shape)),
+        "downsampled": np.asarray(Image.fromarray(img).resize((96, 96), Image.BILINEAR)),
+    }
+
+
+@pytest.mark.parametrize("variant", ["identical", "noise", "jpeg", "rescaled", "noise+jpeg", "downsampled"])
+def test_same_pixels_refiled_under_another_patient_are_found(cf, variant):
+    original = cf.smooth_image(1)
+    index = PerceptualHashIndex()
+    assert index.add(study_with(cf, original, "1.2.3.100"), "pat-other")
+    refiled = study_with(cf, reencoded_variants(original)[variant], "1.2.3.200")
+    matches = index.query(refiled, "pat-1")
+    assert [m.study_instance_uid for m in matches] == ["1.2.3.100"]
+    assert not matches[0].same_patient
+
+
+@pytest.mark.parametrize("amplitude", [150.0, 60.0])
+def test_look_alike_images_of_different_patients_do_not_match(cf, amplitude):
+    """Same template (body and lungs), each with its own random smooth structure."""
+    index = PerceptualHashIndex()
+    for seed in range(12):
+        index.add(study_with(cf, cf.smooth_image(seed, amplitude=amplitude), f"1.2.3.{seed}"), f"pat-{seed}")
+    for seed in range(12, 20):
+        query = study_with(cf, cf.smooth_image(seed, amplitude=amplitude), f"1.2.4.{seed}")
+        assert index.query(query, f"pat-{seed}") == ()
+
+
+def test_check_reports_other_patient_as_critical(cf):
+    index = PerceptualHashIndex()
+    index.add(study_with(cf, cf.smooth_image(3), "1.2.3.100"), "pat-other")
+    case = cf.with_pixels(cf.make_case("DX"), cf.smooth_image(3) + 5.0)
+    findings = duplicates.check_duplicates(case, cf.ctx(hash_index=index))
+    assert cf.codes(findings) == {("duplicate.other-patient", "critical")}
+    assert any(e.value == "1.2.3.100" for e in findings[0].evidence)
+    assert "pat-other" not in findings[0].message
+
+
+def test_same_study_is_not_its_own_duplicate_but_an_older_one_is(cf):
+    case = cf.make_case("DX")
+    index = PerceptualHashIndex()
+    index.add(case.study, "pat-1")
+    assert duplicates.check_duplicates(case, cf.ctx(hash_index=index)) == []
+    index.add(replace(case.study, study_instance_uid="1.2.3.999"), "pat-1")
+    assert cf.codes(duplicates.check_duplicates(case, cf.ctx(hash_index=index))) == {
+        ("duplicate.same-patient", "warning")
+    }
+
+
+def test_ct_middle_slice_is_hashed_in_a_fixed_window(cf):
+    case = cf.make_case("CT", n_instances=5)
+    index = PerceptualHashIndex()
+    index.add(case.study, "pat-other")
+    assert len(index.query(case.study, "pat-1")) == 1
+    assert index.query(study_with(cf, cf.ct_slice(seed=1) * 0.5, "1.2.9", "CT"), "pat-1") == ()
+
+
+def test_study_without_pixels_is_not_indexed(cf):
+    case = cf.with_instances(cf.make_case(), loader=None)
+    index = PerceptualHashIndex()
+    assert not index.add(case.study, "pat-1")
+    assert len(index) == 0
+    assert index.query(case.study, "pat-2") == ()
+
+
+def test_no_index_no_finding(cf):
+    assert duplicates.check_duplicates(cf.make_case(), cf.ctx()) == []
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ValueError, match="thresholds"):
+        PerceptualHashIndex(max_phash_distance=300)
