@@ -1,0 +1,466 @@
+"""Writing a simulated cohort: FHIR Bundles, DICOM studies, the site profile and a manifest.
+
+`simulate` draws every patient (`fusion.cohort.draw`), decides which studies
+are manipulated and how (``Manipulation``, spread evenly over the kinds asked
+for), then renders each patient in a process pool: the Bundle
+(`fusion.cohort.records`) and the DICOM files (`fusion.cohort.images`). The
+layout under ``out``::
+
+    manifest.json                      schema imaging-crosscheck/cohort/1, one case per study
+    site.json                          SiteProfile JSON + the organisation's identifier systems
+    bundles/<patient_id>.json          FHIR R4 transaction Bundle
+    dicom/<patient_id>/<StudyInstanceUID>/...
+
+Everything is derived from ``seed`` through ``numpy.random.SeedSequence`` spawn
+keys per patient and per study, so the output does not depend on the number of
+workers. Wrong-patient donors are re-rendered from their own seed in the
+target's task, so a cohort donor's pixels are the ones in its own study.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusion.cohort.draw import draw_finding, draw_scenario, region_of
+from fusion.cohort.records import build_bundle
+from fusion.cohort.scenario import (
+    ClinicalCondition,
+    ImageFinding,
+    Manipulation,
+    PatientScenario,
+    SimSite,
+    StudyKind,
+    StudyPlan,
+)
+from fusion.cohort.site import default_site
+
+__all__ = ["MANIFEST_SCHEMA", "simulate"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = "imaging-crosscheck/cohort/1"
+_HIDDEN_BASE = 900_000  # patient numbers of hidden wrong-patient donors (never written)
+_HEADER_KINDS = frozenset(
+    {Manipulation.HEADER_IDENTITY, Manipulation.HEADER_DATES, Manipulation.HEADER_DEVICE}
+)
+# spawn-key streams under the cohort seed
+_S_PATIENT, _S_ASSIGN, _S_HIDDEN, _S_RENDER, _S_BUNDLE, _S_MANIP = 1, 2, 3, 4, 5, 6
+
+
+def _seed(seed: int, *key: int) -> int:
+    """A 32-bit seed derived from the cohort seed and a spawn key."""
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1)[0])
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _patient_number(patient_id: str) -> int:
+    return int(patient_id.removeprefix("pat-"))
+
+
+@dataclass(frozen=True)
+class _Donor:
+    """The study whose pixels a wrong-patient case files under the target."""
+
+    scenario: PatientScenario
+    plan: StudyPlan
+    study_number: int
+    in_cohort: bool
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One patient's work for a worker process."""
+
+    seed: int
+    out: str
+    site: SimSite
+    scenario: PatientScenario
+    donors: dict[str, _Donor] = field(default_factory=dict)  # StudyInstanceUID -> donor
+
+
+# -- deciding the manipulations (main process) ------------------------------------------
+
+
+def _eligible(
+    kind: Manipulation, scenario: PatientScenario, plan: StudyPlan, synthesizable: frozenset[StudyKind]
+) -> bool:
+    if kind is Manipulation.SYNTHETIC:
+        return plan.kind in synthesizable
+    if kind is Manipulation.FINDING_REMOVED:
+        return bool(plan.image_findings)
+    if kind is Manipulation.FINDING_INJECTED:
+        return bool(_injectable(scenario, plan))
+    return True
+
+
+def _injectable(scenario: PatientScenario, plan: StudyPlan) -> list[ClinicalCondition]:
+    has = {e.condition for e in scenario.conditions}
+    region = region_of(plan.kind)
+    return [c for c in ClinicalCondition if c.region == region and c not in has]
+
+
+def _hidden_donor(seed: int, site: SimSite, number: int, target: StudyPlan) -> _Donor:
+    for attempt in range(200):
+        index = _HIDDEN_BASE + number * 1000 + attempt
+        scenario = draw_scenario(_rng(seed, _S_HIDDEN, number, attempt), site, index)
+        for j, plan in enumerate(scenario.studies):
+            if plan.kind is target.kind and plan.views == target.views:
+                return _Donor(scenario, plan, j, in_cohort=False)
+    raise RuntimeError(f"no hidden donor with a {target.kind.value} study after 200 draws")
+
+
+def _assign(
+    seed: int,
+    site: SimSite,
+    scenarios: list[PatientScenario],
+    rate: float,
+    kinds: Sequence[Manipulation],
+    synthesizable: frozenset[StudyKind],
+) -> tuple[list[PatientScenario], dict[str, _Donor]]:
+    """Set ``manipulation`` on about ``rate`` of the studies, kinds in turn."""
+    slots = [(i, j) for i, s in enumerate(scenarios) for j in range(len(s.studies))]
+    target_count = round(rate * len(slots)) if kinds else 0
+    rng = _rng(seed, _S_ASSIGN)
+    order = [slots[k] for k in rng.permutation(len(slots))]
+    chosen: dict[tuple[int, int], Manipulation] = {}
+    cursor = dict.fromkeys(kinds, 0)  # per kind: slots before it are taken or not eligible
+    turn = 0
+    while len(chosen) < target_count and turn < target_count + 4 * len(kinds):
+        kind = kinds[turn % len(kinds)]
+        turn += 1
+        while cursor[kind] < len(order):
+            i, j = slot = order[cursor[kind]]
+            cursor[kind] += 1
+            if slot not in chosen and _eligible(kind, scenarios[i], scenarios[i].studies[j], synthesizable):
+                chosen[slot] = kind
+                break
+
+    clean_by_look: dict[tuple[StudyKind, tuple[str, ...]], list[tuple[int, int]]] = {}
+    for i, j in slots:
+        if (i, j) not in chosen:
+            p = scenarios[i].studies[j]
+            clean_by_look.setdefault((p.kind, p.views), []).append((i, j))
+
+    donors: dict[str, _Donor] = {}
+    plans = [list(s.studies) for s in scenarios]
+    hidden = 0
+    for (i, j), kind in sorted(chosen.items()):
+        plan = plans[i][j]
+        mrng = _rng(seed, _S_MANIP, i, j)
+        if kind is Manipulation.WRONG_PATIENT:
+            candidates = [(k, m) for k, m in clean_by_look.get((plan.kind, plan.views), []) if k != i]
+            if candidates and mrng.random() < 0.5:
+                k, m = candidates[int(mrng.integers(len(candidates)))]
+                donor = _Donor(scenarios[k], scenarios[k].studies[m], m, in_cohort=True)
+            else:
+                donor = _hidden_donor(seed, site, hidden, plan)
+                hidden += 1
+            donors[plan.study_instance_uid] = donor
+            plan = replace(plan, manipulation=kind, donor_patient_id=donor.scenario.patient_id)
+        elif kind is Manipulation.FINDING_INJECTED:
+            options = _injectable(scenarios[i], plan)
+            condition = options[int(mrng.integers(len(options)))]
+            side = (
+                None
+                if condition is ClinicalCondition.HEART_FAILURE
+                else ("right" if mrng.random() < 0.5 else "left")
+            )
+            severity = float(np.clip(mrng.beta(2.5, 2.5) + 0.15, 0.2, 0.95))
+            finding = draw_finding(mrng, condition, side, severity)
+            plan = replace(plan, manipulation=kind, manipulated_finding=finding)
+        elif kind is Manipulation.FINDING_REMOVED:
+            finding = plan.image_findings[int(mrng.integers(len(plan.image_findings)))]
+            plan = replace(plan, manipulation=kind, manipulated_finding=finding)
+        else:
+            plan = replace(plan, manipulation=kind)
+        plans[i][j] = plan
+    updated = [replace(s, studies=tuple(p)) for s, p in zip(scenarios, plans, strict=True)]
+    return updated, donors
+
+
+# -- one patient (worker process) --------------------------------------------------------
+
+
+def _finding_json(f: ImageFinding) -> dict[str, Any]:
+    return {
+        "condition": f.condition.value,
+        "side": f.side,
+        "center": list(f.center),
+        "size": f.size,
+        "severity": f.severity,
+    }
+
+
+def _run_patient(task: _Task) -> list[dict[str, Any]]:
+    from fusion.cohort import images  # the image side; imported here so the record side stands alone
+
+    out = Path(task.out)
+    s = task.scenario
+    number = _patient_number(s.patient_id)
+    donor_findings = {uid: d.plan.image_findings for uid, d in task.donors.items()}
+    bundle = build_bundle(s, task.site, _seed(task.seed, _S_BUNDLE, number), donor_findings=donor_findings)
+    bundle_path = out / "bundles" / f"{s.patient_id}.json"
+    # one line: the C encoder is ~10x faster than an indented dump, and bundles are for machines
+    bundle_path.write_text(json.dumps(bundle, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    cases: list[dict[str, Any]] = []
+    dicom_root = out / "dicom" / s.patient_id
+    for j, plan in enumerate(s.studies):
+        render_seed = _seed(task.seed, _S_RENDER, number, j)
+        manip_seed = _seed(task.seed, _S_MANIP, number, j)
+        detail: dict[str, Any] = {}
+        kind = plan.manipulation
+        if kind is Manipulation.WRONG_PATIENT:
+            donor = task.donors[plan.study_instance_uid]
+            donor_number = _patient_number(donor.scenario.patient_id)
+            donor_study = images.render_study(
+                donor.scenario, donor.plan, _seed(task.seed, _S_RENDER, donor_number, donor.study_number)
+            )
+            study = images.transplant(plan, donor_study)
+            detail = {
+                "donor_patient_id": donor.scenario.patient_id,
+                "donor_study_instance_uid": donor.plan.study_instance_uid,
+                "donor_in_cohort": donor.in_cohort,
+                "donor_findings": [f.condition.value for f in donor.plan.image_findings],
+            }
+        else:
+            study = images.render_study(s, plan, render_seed)
+            if kind is Manipulation.FINDING_INJECTED and plan.manipulated_finding is not None:
+                study = images.inject_finding(study, plan.manipulated_finding, manip_seed)
+                detail = {"injected": _finding_json(plan.manipulated_finding)}
+            elif kind is Manipulation.FINDING_REMOVED and plan.manipulated_finding is not None:
+                study = images.remove_finding(study, plan.manipulated_finding, manip_seed)
+                detail = {"removed": _finding_json(plan.manipulated_finding)}
+            elif kind is Manipulation.SYNTHETIC:
+                study = images.synthesize(study, manip_seed)
+                detail = {"generator": "default"}
+            elif kind in _HEADER_KINDS:
+                detail = {"header_tamper": kind.value}
+        header = kind if kind in _HEADER_KINDS else None
+        images.write_study(study, s, task.site, dicom_root, header_tamper=header, seed=manip_seed)
+        cases.append(
+            {
+                "patient_id": s.patient_id,
+                "study_instance_uid": plan.study_instance_uid,
+                "accession_number": plan.accession_number,
+                "kind": plan.kind.value,
+                "bundle": bundle_path.relative_to(out).as_posix(),
+                "dicom": (dicom_root / plan.study_instance_uid).relative_to(out).as_posix(),
+                "label": "clean" if kind is None else "manipulated",
+                "manipulation": None if kind is None else kind.value,
+                "detail": detail,
+            }
+        )
+    return cases
+
+
+# -- the cohort -------------------------------------------------------------------------
+
+
+def _is_cohort(out: Path) -> bool:
+    for name, key in (("manifest.json", "schema"), ("site.json", "cohort_schema")):
+        path = out / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get(key) == MANIFEST_SCHEMA:
+                return True
+    return False
+
+
+def _prepare(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(
+            f"cohort output {out} is a file; give a folder (new, empty or a previous cohort)"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_cohort(out):
+            raise FileExistsError(
+                f"cohort output {out} is not empty and holds no cohort (no manifest.json with schema "
+                f"{MANIFEST_SCHEMA!r}); choose a new or empty folder, or the folder of a previous cohort"
+            )
+        logger.info("replacing the previous cohort in the output folder")
+        for name in ("bundles", "dicom"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("manifest.json", "site.json"):
+            (out / name).unlink(missing_ok=True)
+    (out / "bundles").mkdir(parents=True, exist_ok=True)
+    (out / "dicom").mkdir(parents=True, exist_ok=True)
+
+
+def _weights_shipped(kind: StudyKind) -> bool:
+    """A cheap look for the generator's weights file, without importing torch.
+
+    Mirrors ``fusion.generators.weights_paths`` (``weights/vae-<kind>.safetensors``
+    in that package); when the file is there the real probe below decides.
+    """
+    spec = importlib.util.find_spec("fusion.generators")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(
+        (Path(location) / "weights" / f"vae-{kind.value}.safetensors").is_file()
+        for location in spec.submodule_search_locations
+    )
+
+
+def _synthesizable(seed: int, scenarios: Sequence[PatientScenario]) -> frozenset[StudyKind]:
+    """The study kinds `fusion.cohort.images.synthesize` has a generator (weights) for."""
+    from fusion.cohort import images
+
+    found: set[StudyKind] = set()
+    examples = {p.kind: (s, p) for s in reversed(scenarios) for p in s.studies}
+    for kind, (scenario, plan) in sorted(examples.items()):
+        if not _weights_shipped(kind):
+            logger.debug("no generator weights for %s studies", kind.value)
+            continue
+        try:
+            try:  # an empty study: loads the generator without rendering anything
+                images.synthesize(images.RenderedStudy(plan, ()), seed)
+            except RuntimeError:
+                raise
+            except Exception:  # the generator wants frames: try it on a real rendering
+                images.synthesize(images.render_study(scenario, plan, seed), seed)
+        except RuntimeError as exc:
+            logger.debug("no generator for %s studies: %s", kind.value, exc)
+            continue
+        found.add(kind)
+    return frozenset(found)
+
+
+def _mp_context() -> BaseContext:
+    """fork where it is safe (fast start, works from a notebook); spawn once torch is loaded.
+
+    A forked child of a process whose torch/OpenMP thread pools are running can
+    deadlock, so a parent that has imported torch (say, to probe a generator)
+    starts its workers fresh.
+    """
+    if sys.platform == "linux" and "torch" not in sys.modules:
+        return get_context("fork")
+    return get_context("spawn")
+
+
+def _run(tasks: list[_Task], workers: int, progress: bool) -> Iterator[list[dict[str, Any]]]:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), unit="patient", desc="cohort")
+    try:
+        if workers <= 1:
+            for task in tasks:
+                yield _run_patient(task)
+                if bar is not None:
+                    bar.update(1)
+            return
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+            futures = [pool.submit(_run_patient, task) for task in tasks]
+            for future in futures:
+                yield future.result()
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def simulate(
+    out: Path,
+    patients: int,
+    seed: int,
+    manipulated_rate: float = 0.3,
+    kinds: Sequence[Manipulation | str] | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write a cohort of ``patients`` patients to ``out`` and return the manifest's path.
+
+    ``manipulated_rate`` is the share of studies manipulated, ``kinds`` the
+    manipulations to use (all by default), spread evenly. ``workers`` is the
+    number of processes (default: the CPU count; 1 runs in this process).
+    Refuses (``FileExistsError``) a non-empty folder that is not a previous
+    cohort; a previous cohort there is replaced.
+    """
+    out = Path(out)
+    if patients < 1:
+        raise ValueError(f"patients must be at least 1, got {patients}")
+    if not 0.0 <= manipulated_rate <= 1.0:
+        raise ValueError(f"manipulated_rate must be within [0, 1], got {manipulated_rate}")
+    chosen_kinds = [Manipulation(k) for k in (kinds if kinds is not None else list(Manipulation))]
+    _prepare(out)
+
+    site = default_site(seed)
+    scenarios = [draw_scenario(_rng(seed, _S_PATIENT, i), site, i) for i in range(patients)]
+    skipped: list[str] = []
+    synthesizable: frozenset[StudyKind] = frozenset()
+    if Manipulation.SYNTHETIC in chosen_kinds and manipulated_rate > 0:
+        synthesizable = _synthesizable(seed, scenarios)
+        if not synthesizable:  # no weights yet: a later step ships them
+            logger.warning("no generator weights: this cohort has no synthetic cases")
+            chosen_kinds.remove(Manipulation.SYNTHETIC)
+            skipped.append(Manipulation.SYNTHETIC.value)
+    scenarios, donors = _assign(seed, site, scenarios, manipulated_rate, chosen_kinds, synthesizable)
+
+    site_json = {
+        **site.profile.to_json(),
+        "organization_id": site.organization_id,
+        "mrn_system": site.mrn_system,
+        "accession_system": site.accession_system,
+        "cohort_schema": MANIFEST_SCHEMA,
+    }
+    (out / "site.json").write_text(json.dumps(site_json, indent=1) + "\n", encoding="utf-8")
+
+    tasks = [
+        _Task(
+            seed,
+            str(out),
+            site,
+            s,
+            {
+                p.study_instance_uid: donors[p.study_instance_uid]
+                for p in s.studies
+                if p.study_instance_uid in donors
+            },
+        )
+        for s in scenarios
+    ]
+    n_workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), len(tasks)))
+    cases = [case for result in _run(tasks, n_workers, progress) for case in result]
+
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "seed": seed,
+        "patients": patients,
+        "manipulated_rate": manipulated_rate,
+        "kinds": [k.value for k in chosen_kinds],
+        "skipped_kinds": skipped,
+        "site": "site.json",
+        "cases": cases,
+    }
+    path = out / "manifest.json"
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    n_manipulated = sum(c["label"] == "manipulated" for c in cases)
+    logger.info(
+        "cohort written: %d patients, %d studies, %d manipulated", patients, len(cases), n_manipulated
+    )
+    return path
