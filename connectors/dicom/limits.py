@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from connectors.errors import PixelDataTooLarge
 
-__all__ = ["DicomLimits"]
+__all__ = ["DicomLimits", "decoded_bytes"]
 
 
 @dataclass(frozen=True)
