@@ -40,7 +40,9 @@ def _public_defs(path: Path) -> set[str]:
     tree = ast.parse(path.read_text("utf-8"))
     names: set[str] = set()
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+        if isinstance(
+            node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        ) and not node.name.startswith("_"):
             names.add(node.name)
     return names
 
@@ -62,7 +64,13 @@ def test_module_has_sorted_complete_all(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("connectors", "torch"), ("connectors", "fastapi"), ("connectors", "fusion"), ("fusion", "fastapi"), ("fusion", "plugin")],
+    [
+        ("connectors", "torch"),
+        ("connectors", "fastapi"),
+        ("connectors", "fusion"),
+        ("fusion", "fastapi"),
+        ("fusion", "plugin"),
+    ],
 )
 def test_imports_point_one_way(package: str, forbidden: str) -> None:
     code = (
@@ -87,7 +95,9 @@ def test_fusion_uses_only_connector_domain() -> None:
             elif isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]
             for mod in mods:
-                if mod == "connectors" or (mod.startswith("connectors.") and not mod.startswith("connectors.domain")):
+                if mod == "connectors" or (
+                    mod.startswith("connectors.") and not mod.startswith("connectors.domain")
+                ):
                     offenders.append(f"{path.relative_to(ROOT)}: {mod}")
     assert not offenders, offenders
 

@@ -10,7 +10,8 @@ Finding codes by module: ``identity.*`` (header vs FHIR Patient), ``dates.*``
 part, laterality vs ServiceRequest / DiagnosticReport / ImagingStudy),
 ``device.*`` (site devices, UID roots, toolkits, acquisition attributes),
 ``pixels.*`` (physical value ranges) and ``duplicate.*`` (the same image under
-another patient).
+another patient) and ``record.*`` (resources of the record that could not
+be read).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from connectors.domain import Case
-from fusion.checks import dates, device, duplicates, identity, order, pixels
+from fusion.checks import dates, device, duplicates, identity, order, pixels, record
 from fusion.checks.context import Check, CheckContext
 from fusion.checks.duplicates import DuplicateMatch, ImageFingerprint, PerceptualHashIndex
 from fusion.result import Evidence, Finding, Severity
@@ -62,6 +63,7 @@ CHECKS: Mapping[str, Check] = MappingProxyType(
         "device.acquisition-attributes": device.check_acquisition_attributes,
         "pixels.values": pixels.check_pixels,
         "duplicate.hash": duplicates.check_duplicates,
+        "record.problems": record.check_record_problems,
     }
 )
 """Every check by name, in the order ``run_checks`` runs them."""

@@ -26,7 +26,8 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
@@ -358,25 +359,48 @@ def _mp_context() -> BaseContext:
     return get_context("spawn")
 
 
-def _run(tasks: list[_Task], workers: int, progress: bool) -> Iterator[list[dict[str, Any]]]:
+_STUDY_COST = {StudyKind.CHEST_DX: 0.25, StudyKind.CHEST_CT: 0.8, StudyKind.BRAIN_MR: 0.7}  # s per study/view
+
+
+def _cost(task: _Task) -> float:
+    """A rough estimate of a patient's seconds, to hand out the longest first."""
+    total = 0.0
+    for plan in task.scenario.studies:
+        one = _STUDY_COST.get(plan.kind, 0.5) * max(len(plan.views), 1)
+        total += one
+        if plan.manipulation is Manipulation.WRONG_PATIENT:
+            total += one  # the donor is rendered too
+        elif plan.manipulation is Manipulation.SYNTHETIC:
+            total += one
+    return total
+
+
+def _run(
+    tasks: list[_Task], workers: int, progress: bool, pool: ProcessPoolExecutor | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Each task's cases, in the order of ``tasks`` (whatever order the workers finish in)."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), unit="patient", desc="cohort")
     try:
-        if workers <= 1:
+        if workers <= 1 or pool is None:
             for task in tasks:
                 yield _run_patient(task)
                 if bar is not None:
                     bar.update(1)
             return
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-            futures = [pool.submit(_run_patient, task) for task in tasks]
-            for future in futures:
-                yield future.result()
-                if bar is not None:
-                    bar.update(1)
+        # longest first, so that no worker is left with a long patient at the end
+        order = sorted(range(len(tasks)), key=lambda i: (-_cost(tasks[i]), i))
+        futures = {pool.submit(_run_patient, tasks[i]): i for i in order}
+        results: dict[int, list[dict[str, Any]]] = {}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if bar is not None:
+                bar.update(1)
+        for i in range(len(tasks)):
+            yield results.pop(i)
     finally:
         if bar is not None:
             bar.close()
@@ -409,10 +433,40 @@ def simulate(
 
     site = default_site(seed)
     scenarios = [draw_scenario(_rng(seed, _S_PATIENT, i), site, i) for i in range(patients)]
+    n_workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), patients))
+    with ExitStack() as stack:
+        pool = None
+        if n_workers > 1:
+            # the workers inherit the image side (forked) but not torch: the generator
+            # probe below runs in a worker, which keeps the loaded generator for its
+            # synthetic studies, and the other workers load it only if they need it
+            from fusion.cohort import images  # noqa: F401
+
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_workers, mp_context=_mp_context()))
+        return _simulate(
+            out, patients, seed, manipulated_rate, chosen_kinds, site, scenarios, n_workers, pool, progress
+        )
+
+
+def _simulate(
+    out: Path,
+    patients: int,
+    seed: int,
+    manipulated_rate: float,
+    chosen_kinds: list[Manipulation],
+    site: SimSite,
+    scenarios: list[PatientScenario],
+    n_workers: int,
+    pool: ProcessPoolExecutor | None,
+    progress: bool,
+) -> Path:
     skipped: list[str] = []
     synthesizable: frozenset[StudyKind] = frozenset()
     if Manipulation.SYNTHETIC in chosen_kinds and manipulated_rate > 0:
-        synthesizable = _synthesizable(seed, scenarios)
+        if pool is not None:
+            synthesizable = pool.submit(_synthesizable, seed, scenarios).result()
+        else:
+            synthesizable = _synthesizable(seed, scenarios)
         if not synthesizable:  # no weights yet: a later step ships them
             logger.warning("no generator weights: this cohort has no synthetic cases")
             chosen_kinds.remove(Manipulation.SYNTHETIC)
@@ -442,8 +496,7 @@ def simulate(
         )
         for s in scenarios
     ]
-    n_workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), len(tasks)))
-    cases = [case for result in _run(tasks, n_workers, progress) for case in result]
+    cases = [case for result in _run(tasks, n_workers, progress, pool) for case in result]
 
     manifest = {
         "schema": MANIFEST_SCHEMA,

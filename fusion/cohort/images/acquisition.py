@@ -37,24 +37,41 @@ def _kernel(sigma: float) -> list[float]:
 
 
 def _blur_inplane(vol: F32, sigma: float) -> F32:
-    """Gaussian-like in-plane blur of (n, rows, cols) by repeated 3-tap passes (edges replicated)."""
-    out = vol
-    for a in _kernel(sigma) if sigma > 0 else []:
-        for axis in (1, 2):
-            x = out
-            res = x * np.float32(1.0 - 2.0 * a)
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-            res[tuple(hi)] += x[tuple(lo)] * np.float32(a)
-            res[tuple(lo)] += x[tuple(hi)] * np.float32(a)
-            first = [slice(None)] * 3
-            last = [slice(None)] * 3
-            first[axis], last[axis] = slice(0, 1), slice(-1, None)
-            res[tuple(first)] += x[tuple(first)] * np.float32(a)
-            res[tuple(last)] += x[tuple(last)] * np.float32(a)
-            out = res
+    """Gaussian-like in-plane blur of (n, rows, cols) by repeated 3-tap passes (edges replicated).
+
+    Works slice by slice in reused buffers (a slice stays in cache through all
+    passes); returns a new array (``vol`` itself when there is nothing to do).
+    """
+    taps = _kernel(sigma) if sigma > 0 else []
+    if not taps:
+        return vol
+    out = np.empty(vol.shape, np.float32)
+    cur = np.empty(out.shape[1:], np.float32)
+    nxt = np.empty_like(cur)
+    tmp = np.empty_like(cur)
+    for k in range(out.shape[0]):
+        cur[...] = vol[k]
+        for a in taps:
+            for axis in (0, 1):
+                _pass3(cur, nxt, tmp, a, axis)
+                cur, nxt = nxt, cur
+        out[k] = cur
     return out
+
+
+def _pass3(x: F32, res: F32, tmp: F32, a: float, axis: int) -> None:
+    """res = (1 - 2a) x + a (left + right neighbours) along ``axis`` of a 2-D slice, edges replicated."""
+    if axis == 1:
+        np.add(x[:, :-2], x[:, 2:], out=res[:, 1:-1])
+        np.add(x[:, 0], x[:, 1], out=res[:, 0])
+        np.add(x[:, -2], x[:, -1], out=res[:, -1])
+    else:
+        np.add(x[:-2], x[2:], out=res[1:-1])
+        np.add(x[0], x[1], out=res[0])
+        np.add(x[-2], x[-1], out=res[-1])
+    res *= np.float32(a)
+    np.multiply(x, np.float32(1.0 - 2.0 * a), out=tmp)
+    res += tmp
 
 
 def _noise_gain(sigma: float) -> float:

@@ -21,17 +21,21 @@ F32 = NDArray[np.float32]
 B = NDArray[np.bool_]
 
 
+def _span(inside: B, axis: int) -> B:
+    """Pixels between the first and the last ``inside`` pixel of their line along ``axis``."""
+    n = inside.shape[axis]
+    first = np.expand_dims(np.argmax(inside, axis=axis), axis)
+    last = n - 1 - np.expand_dims(np.argmax(np.flip(inside, axis=axis), axis=axis), axis)
+    shape = [1] * inside.ndim
+    shape[axis] = n
+    idx = np.arange(n).reshape(shape)
+    # a line with nothing inside has first = 0 and last = n - 1 - 0: the test below is empty then
+    return (idx >= first) & (idx <= last) & np.expand_dims(inside.any(axis=axis), axis)
+
+
 def _hull(inside: B) -> B:
     """Pixels between the first and last ``inside`` pixel of their row and of their column."""
-    rows = (
-        np.logical_or.accumulate(inside, axis=-1)
-        & np.logical_or.accumulate(inside[..., ::-1], axis=-1)[..., ::-1]
-    )
-    cols = (
-        np.logical_or.accumulate(inside, axis=-2)
-        & np.logical_or.accumulate(inside[..., ::-1, :], axis=-2)[..., ::-1, :]
-    )
-    return rows & cols
+    return _span(inside, inside.ndim - 1) & _span(inside, inside.ndim - 2)
 
 
 def ct_lung_mask(volume_hu: F32) -> B:

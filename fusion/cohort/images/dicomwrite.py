@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -197,6 +200,58 @@ def _base_dataset(
     return ds
 
 
+# What changes from one frame of a series to the next (with a tamper or not); the
+# rest of the dataset is encoded once per series.
+_PER_FRAME = tuple(
+    Tag(kw)
+    for kw in (
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "ImagePositionPatient",
+        "SliceLocation",
+        "WindowCenter",
+        "WindowWidth",
+        "PixelData",
+    )
+)
+_FAST_WRITE = True  # False: every file through ``Dataset.save_as`` (the reference the fast path matches)
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _element_bytes(ds: Dataset, tag: BaseTag, encoding: str | list[str]) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_data_element(fp, ds.get_item(tag), encoding)
+    return fp.getvalue()
+
+
+class _SeriesEncoder:
+    """Explicit VR little endian files of one series, byte for byte what
+    ``ds.save_as(path, enforce_file_format=True)`` writes, with the attributes
+    that do not change between frames encoded once."""
+
+    def __init__(self) -> None:
+        self._static: list[tuple[BaseTag, bytes]] | None = None
+        self._encoding: str | list[str] = "iso8859"
+
+    def encode(self, ds: Dataset) -> bytes:
+        if self._static is None:
+            correct_ambiguous_vr(ds, True)  # as write_dataset does for a dataset built in memory
+            self._encoding = ds.get("SpecificCharacterSet", "iso8859")
+            self._static = [
+                (tag, _element_bytes(ds, tag, self._encoding))
+                for tag in sorted(ds.keys())
+                if tag not in _PER_FRAME and not (tag.element == 0 and tag.group > 6)
+            ]
+        ds["PixelData"].is_undefined_length = False
+        parts = self._static + [(t, _element_bytes(ds, t, self._encoding)) for t in _PER_FRAME if t in ds]
+        parts.sort(key=lambda part: part[0])
+        meta = DicomBytesIO()
+        meta.is_implicit_VR, meta.is_little_endian = False, True
+        write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+        return b"".join([_PREAMBLE, meta.getvalue(), *(b for _, b in parts)])
+
+
 def _stored(frame: np.ndarray, modality: str, profile: DeviceProfile) -> tuple[np.ndarray, float, float]:
     """Stored pixel values, with a window (centre, width) in stored units."""
     if modality == "CT":
@@ -237,6 +292,10 @@ def write_study(
         tamper = plan_tamper(header_tamper, scenario, plan, site, StudyKind(plan.kind).modality, seed)
     for number, s in enumerate(study.series, start=1):
         ds = _base_dataset(study, s, number, scenario, site, proto, profile)
+        fast = _FAST_WRITE and profile.transfer_syntax == ExplicitVRLittleEndian
+        if fast and tamper is not None:
+            tamper.apply(ds)  # the same on every frame, and on attributes no frame changes
+        encoder = _SeriesEncoder()
         for i, frame in enumerate(s.frames):
             sop = _sop_uid(s.series_instance_uid, i, site.uid_root)
             ds.SOPInstanceUID = sop
@@ -257,8 +316,12 @@ def write_study(
             else:
                 ds.PixelData = px.tobytes()
                 ds["PixelData"].VR = "OW"
+            path = folder / f"{number:02d}_{i + 1:04d}.dcm"
+            if fast:
+                path.write_bytes(encoder.encode(ds))
+                continue
             if tamper is not None:
                 tamper.apply(ds)
-            ds.save_as(folder / f"{number:02d}_{i + 1:04d}.dcm", enforce_file_format=True)
+            ds.save_as(path, enforce_file_format=True)
     logger.debug("wrote study with %d series", len(study.series))
     return folder

@@ -138,6 +138,7 @@ def synthesize(study: RenderedStudy, seed: int, generator: Generator | None = No
     used; a RuntimeError says so when that package or its weights are missing.
     """
     kind = StudyKind(study.plan.kind)
+    torch_threads = None
     if generator is None:
         try:
             from fusion.generators import load_generator  # type: ignore[attr-defined]
@@ -152,14 +153,28 @@ def synthesize(study: RenderedStudy, seed: int, generator: Generator | None = No
         def generator(frame: np.ndarray, _kind: str, rng: np.random.Generator) -> np.ndarray:
             return np.asarray(model.generate(frame, rng))
 
+        # One intra-op thread: the cohort already runs a process per core (more threads
+        # oversubscribe the CPU, several times slower), and the same thread count
+        # whatever the number of workers keeps the pixels the same.
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
     rng = np.random.default_rng(seed)
     out = []
-    for s in study.series:
-        frames = np.empty_like(s.frames)
-        for i, f in enumerate(s.frames):
-            g = np.asarray(generator(f, kind.value, rng), dtype=np.float32)
-            if g.shape != f.shape:
-                raise ValueError(f"generator returned shape {g.shape} for a frame of shape {f.shape}")
-            frames[i] = g
-        out.append(replace(s, frames=frames))
+    try:
+        for s in study.series:
+            frames = np.empty_like(s.frames)
+            for i, f in enumerate(s.frames):
+                g = np.asarray(generator(f, kind.value, rng), dtype=np.float32)
+                if g.shape != f.shape:
+                    raise ValueError(f"generator returned shape {g.shape} for a frame of shape {f.shape}")
+                frames[i] = g
+            out.append(replace(s, frames=frames))
+    finally:
+        if torch_threads is not None and torch_threads != 1:
+            import torch
+
+            torch.set_num_threads(torch_threads)
     return RenderedStudy(study.plan, tuple(out))

@@ -212,6 +212,33 @@ def test_write_and_read_back(tmp_path: Path, patient, ct_plain):
     assert len({pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}) == 12
 
 
+@pytest.mark.parametrize(
+    "tamper",
+    [None, Manipulation.HEADER_IDENTITY, Manipulation.HEADER_DATES, Manipulation.HEADER_DEVICE],
+)
+def test_series_encoder_writes_what_save_as_writes(tmp_path: Path, patient, ct_plain, monkeypatch, tamper):
+    from fusion.cohort.images import dicomwrite
+
+    mr = render_study(patient, make_plan(StudyKind.BRAIN_MR, MR, "41", slices=4), seed=2)
+    for study in (ct_plain, mr):
+        for seed in (0, 1):
+            fast = write_study(study, patient, SITE, tmp_path / "fast", header_tamper=tamper, seed=seed)
+            monkeypatch.setattr(dicomwrite, "_FAST_WRITE", False)
+            slow = write_study(study, patient, SITE, tmp_path / "slow", header_tamper=tamper, seed=seed)
+            monkeypatch.setattr(dicomwrite, "_FAST_WRITE", True)
+            names = sorted(f.name for f in fast.glob("*.dcm"))
+            assert names == sorted(f.name for f in slow.glob("*.dcm")) and names
+            for name in names:
+                assert (fast / name).read_bytes() == (slow / name).read_bytes(), name
+
+
+def test_remove_finding_leaves_pixels_away_from_the_lesion(ct_nodule):
+    cleaned = remove_finding(ct_nodule, NODULE, seed=5)
+    before, after = ct_nodule.series[0].frames, cleaned.series[0].frames
+    assert np.array_equal(before[:, :, 300:], after[:, :, 300:])
+    assert np.array_equal(remove_finding(ct_nodule, NODULE, seed=5).series[0].frames, after)
+
+
 def test_compressed_monochrome1_dx_decodes(tmp_path: Path, patient):
     study = render_study(patient, make_plan(StudyKind.CHEST_DX, DX_JLS, "5", views=("PA", "LL")), 2)
     folder = write_study(study, patient, SITE, tmp_path)

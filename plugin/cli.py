@@ -1,0 +1,215 @@
+"""The ``crosscheck`` command line.
+
+Every sub-command exits 0 on success (flagged or not), 2 with one readable line
+on stderr for unusable input (a bad file, a missing folder, an invalid Bundle),
+and 1 with one line for an internal error; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad arguments or input the user can fix; reported as one line, exit 2."""
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from fusion.cohort.simulate import simulate
+
+    if args.patients < 1:
+        raise UsageError("--patients must be at least 1")
+    if not 0.0 <= args.manipulated_rate <= 1.0:
+        raise UsageError("--manipulated-rate must be between 0 and 1")
+    manifest = simulate(
+        Path(args.out),
+        patients=args.patients,
+        seed=args.seed,
+        manipulated_rate=args.manipulated_rate,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"wrote a cohort of {args.patients} patients to {args.out} (labels in {manifest})")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from plugin.check import run_check
+
+    return run_check(
+        bundle=Path(args.bundle) if args.bundle else None,
+        dicom=Path(args.dicom),
+        output_format=args.format,
+        site_path=Path(args.site) if args.site else None,
+        archive=Path(args.archive) if args.archive else None,
+        model=Path(args.model) if args.model else None,
+        device=args.device,
+        strictness=args.strictness,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from plugin.training import run_train
+
+    return run_train(
+        data=Path(args.data),
+        out=Path(args.out),
+        config_name=args.config,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        eval_data=Path(args.eval_data) if args.eval_data else None,
+        progress=not args.quiet,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from plugin.training import run_evaluate
+
+    return run_evaluate(
+        data=Path(args.data),
+        model=Path(args.model) if args.model else None,
+        device=args.device,
+        out=Path(args.out) if args.out else None,
+        progress=not args.quiet,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from plugin.demo import run_demo
+
+    return run_demo(
+        out=Path(args.out),
+        patients=args.patients,
+        seed=args.seed,
+        model=Path(args.model) if args.model else None,
+        device=args.device,
+        progress=not args.quiet,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crosscheck",
+        description="Check whether medical images are consistent with the patient's record.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = add("simulate", _cmd_simulate, "Write a simulated cohort: FHIR R4 Bundles, DICOM files, manifest.")
+    p.add_argument("--out", required=True, help="folder to write (new or a previous cohort)")
+    p.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same cohort")
+    p.add_argument("--manipulated-rate", type=float, default=0.3, help="share of manipulated studies")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+
+    p = add("check", _cmd_check, "Cross-check each DICOM study against the patient's record.")
+    p.add_argument("--bundle", help="FHIR R4 Bundle (JSON) or NDJSON export with the patient's record")
+    p.add_argument("--dicom", required=True, help="DICOM file or folder of studies")
+    p.add_argument("--format", choices=("json", "text"), default="text", help="json: one object per line")
+    p.add_argument("--site", help="site profile JSON (UID roots, known devices)")
+    p.add_argument("--archive", help="folder of other studies to search for re-filed duplicates")
+    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if present)")
+    p.add_argument(
+        "--strictness",
+        choices=("raise", "warn", "ignore"),
+        default="raise",
+        help="an invalid FHIR resource or unreadable DICOM file: stop with an error (raise, default), "
+        "skip it with a warning (warn), or skip it silently but still list it in the record (ignore)",
+    )
+
+    p = add("train", _cmd_train, "Train the fusion model on a cohort folder and write a model bundle.")
+    p.add_argument("--data", required=True, help="cohort folder (from `crosscheck simulate`)")
+    p.add_argument("--eval-data", help="held-out cohort for the model card (default: a split of --data)")
+    p.add_argument("--out", default="model-bundle", help="bundle folder to write (default ./model-bundle)")
+    p.add_argument("--config", default="small", help="named model config (default small)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+
+    p = add("evaluate", _cmd_evaluate, "Evaluate a model bundle on a labelled cohort folder.")
+    p.add_argument("--data", required=True, help="cohort folder with manifest labels")
+    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--out", help="write the report (JSON and Markdown) into this folder")
+    p.add_argument("--device", default=None)
+
+    p = add("demo", _cmd_demo, "Simulate a small cohort, check every case, print figures, write HTML.")
+    p.add_argument("--out", default="crosscheck-demo", help="output folder (default ./crosscheck-demo)")
+    p.add_argument("--patients", type=int, default=60)
+    p.add_argument("--seed", type=int, default=20261125, help="cohort seed (never used in training)")
+    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--device", default=None)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # httpx logs every request URL (which can carry patient ids) at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    from connectors.errors import ConnectorError
+    from fusion.errors import FusionError
+    from plugin.cohort import CohortError
+
+    try:
+        code: int = args.func(args)
+        return code
+    except (
+        UsageError,
+        ConnectorError,
+        FusionError,
+        CohortError,
+        FileNotFoundError,
+        IsADirectoryError,
+    ) as exc:
+        if args.debug:
+            raise
+        print(f"crosscheck {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"crosscheck {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"crosscheck {args.command}: internal error ({exc.__class__.__name__}): {_one_line(exc)}; "
+            "rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
