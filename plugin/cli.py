@@ -70,6 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         eval_data=Path(args.eval_data) if args.eval_data else None,
         progress=not args.quiet,
+        work=Path(args.work) if args.work else None,
     )
 
 
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--work", help="folder for checkpoints and caches (default: <out>-work)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the --work folder")
 
     p = add("evaluate", _cmd_evaluate, "Evaluate a model bundle on a labelled cohort folder.")
     p.add_argument("--data", required=True, help="cohort folder with manifest labels")

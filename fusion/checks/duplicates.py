@@ -23,6 +23,28 @@ but can come within 8 bits at 1.5 %: such near-identical images are the known
 limit. The 64-bit pHash separated look-alikes by only 6-10 bits, hence the
 256-bit one; dHash alone does not separate look-alikes (0-2 bits) and only
 guards against a chance pHash collision. Not robust to crops, flips or rotations.
+
+Verification. Perceptual hashes see the coarse layout, and two patients imaged
+the same way share it (on the simulated cohort, where every chest is drawn from
+one template, a quarter of clean studies hash-matched another patient). So a
+hash match is only a candidate: it is confirmed when the *fine texture* of the
+two images correlates, ``texture_correlation >= min_texture_correlation``
+(0.90). The texture is the 256 x 256 area-downsampled frame minus its
+Gaussian-smoothed self (sigma 1 px), clipped at 2.5 robust standard deviations
+so that shared outlines do not dominate, then zero-mean and unit-norm: the
+acquisition noise and fine detail, which re-filed pixels carry unchanged and two
+acquisitions (even of one patient) do not share.
+
+Measured on a held-out simulated cohort (200 patients, seed 2; 281 studies):
+re-filed images correlate at 1.000; JPEG q70, 80 % rescaled or noised copies of
+CT and MR at >= 0.75, all within 6 pHash and 3 dHash bits; pairs of different
+acquisitions reach at most 0.89 (DX), 0.60 (CT), 0.59 (MR). Known limit: DX
+copies re-noised by a fraudster (sigma 4 grey levels) can fall to 0.26 and are
+missed; the simulated DX template is more uniform than real patients are.
+Lossy 8-bit re-encoding (JPEG q70 of a windowed copy) and downscaling erase
+the sub-grey-level acquisition noise the verification relies on: such copies
+are missed too. A critical finding is worth that price only when confirmed by
+the pixels' own noise.
 """
 
 from __future__ import annotations
@@ -41,6 +63,7 @@ from fusion.result import Evidence, Finding, Severity
 __all__ = [
     "DEFAULT_MAX_DHASH_DISTANCE",
     "DEFAULT_MAX_PHASH_DISTANCE",
+    "DEFAULT_MIN_TEXTURE_CORRELATION",
     "DuplicateMatch",
     "ImageFingerprint",
     "PerceptualHashIndex",
@@ -51,6 +74,9 @@ __all__ = [
 
 DEFAULT_MAX_PHASH_DISTANCE = 14  # of 256 bits
 DEFAULT_MAX_DHASH_DISTANCE = 8  # of 64 bits
+DEFAULT_MIN_TEXTURE_CORRELATION = 0.90
+_TEXTURE_SIZE = 256
+_TEXTURE_CLIP = 2.5  # robust standard deviations
 _PHASH_SIZE = 16
 _CT_WINDOW = (-1100.0, 500.0)
 
@@ -63,10 +89,17 @@ class ImageFingerprint:
     sop_instance_uid: str
     phash: imagehash.ImageHash
     dhash: imagehash.ImageHash
+    texture: NDArray[np.float32] | None = None  # unit-norm fine-texture residual, see module docstring
 
     def distance(self, other: ImageFingerprint) -> tuple[int, int]:
         """Hamming distances (pHash of 256 bits, dHash of 64 bits)."""
         return int(self.phash - other.phash), int(self.dhash - other.dhash)
+
+    def texture_correlation(self, other: ImageFingerprint) -> float | None:
+        """Correlation of the two fine-texture residuals (-1 .. 1); ``None`` if either lacks one."""
+        if self.texture is None or other.texture is None:
+            return None
+        return float(np.dot(self.texture.ravel(), other.texture.ravel()))
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,7 @@ class DuplicateMatch:
     phash_distance: int
     dhash_distance: int
     same_patient: bool
+    texture_correlation: float | None = None
 
 
 def normalise_to_uint8(frame: NDArray[np.floating], modality: str) -> NDArray[np.uint8]:
@@ -92,6 +126,23 @@ def normalise_to_uint8(frame: NDArray[np.floating], modality: str) -> NDArray[np
         hi = lo + 1.0
     scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) * 255.0
     return scaled.round().astype(np.uint8)
+
+
+def texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
+    """The unit-norm fine-texture residual of an 8-bit frame (see the module docstring)."""
+    from scipy.ndimage import gaussian_filter
+
+    small = np.asarray(image.resize((_TEXTURE_SIZE, _TEXTURE_SIZE), Image.Resampling.BOX), np.float32)
+    residual = small - gaussian_filter(small, 1.0)
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    if spread > 0:
+        # clip edges so that noise and fine detail, not the shared anatomy's outlines, decide
+        residual = np.clip(residual, -_TEXTURE_CLIP * spread, _TEXTURE_CLIP * spread)
+    residual -= residual.mean()
+    norm = float(np.linalg.norm(residual))
+    if norm < 1e-6:
+        return None  # a flat image has no texture to compare
+    return (residual / norm).astype(np.float32)
 
 
 def _middle_frame(pixels: NDArray[np.float32], samples_per_pixel: int) -> NDArray[np.float32]:
@@ -125,6 +176,7 @@ def fingerprint(study: Study) -> ImageFingerprint | None:
         sop_instance_uid=inst.sop_instance_uid,
         phash=imagehash.phash(image, hash_size=_PHASH_SIZE),
         dhash=imagehash.dhash(image),
+        texture=texture_residual(image),
     )
 
 
@@ -139,7 +191,11 @@ class PerceptualHashIndex:
         self,
         max_phash_distance: int = DEFAULT_MAX_PHASH_DISTANCE,
         max_dhash_distance: int = DEFAULT_MAX_DHASH_DISTANCE,
+        min_texture_correlation: float = DEFAULT_MIN_TEXTURE_CORRELATION,
     ) -> None:
+        if not -1.0 <= min_texture_correlation <= 1.0:
+            raise ValueError(f"min_texture_correlation must be -1..1, not {min_texture_correlation}")
+        self.min_texture_correlation = min_texture_correlation
         if not 0 <= max_phash_distance < _PHASH_SIZE**2 or not 0 <= max_dhash_distance < 64:
             raise ValueError(
                 f"thresholds must be 0..{_PHASH_SIZE**2 - 1} (pHash) and 0..63 (dHash) bits, "
@@ -180,12 +236,16 @@ class PerceptualHashIndex:
             if same_patient and other.study_instance_uid == fp.study_instance_uid:
                 continue  # the study itself
             dp, dd = fp.distance(other)
-            if dp <= self.max_phash_distance and dd <= self.max_dhash_distance:
-                matches.append(
-                    DuplicateMatch(
-                        other.study_instance_uid, key, other.sop_instance_uid, dp, dd, same_patient
-                    )
+            if dp > self.max_phash_distance or dd > self.max_dhash_distance:
+                continue
+            corr = fp.texture_correlation(other)
+            if corr is not None and corr < self.min_texture_correlation:
+                continue  # same layout, different acquisition
+            matches.append(
+                DuplicateMatch(
+                    other.study_instance_uid, key, other.sop_instance_uid, dp, dd, same_patient, corr
                 )
+            )
         return tuple(
             sorted(matches, key=lambda m: (m.phash_distance + m.dhash_distance, m.study_instance_uid))
         )
@@ -215,6 +275,8 @@ def check_duplicates(case: Case, ctx: CheckContext) -> list[Finding]:
             evidence.append(
                 Evidence("value", "hamming-distance-phash-dhash", [m.phash_distance, m.dhash_distance])
             )
+            if m.texture_correlation is not None:
+                evidence.append(Evidence("value", "texture-correlation", round(m.texture_correlation, 3)))
             if not m.same_patient:
                 evidence.append(Evidence("value", "other-patient-key", m.patient_key))
         findings.append(
