@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from connectors import link_cases, read_bundle, read_dicom
 from connectors.domain import Case, PatientRecord, SiteProfile
@@ -36,7 +36,7 @@ class CohortEntry:
     study_instance_uid: str
     bundle: Path
     dicom: Path
-    label: str
+    label: Literal["clean", "manipulated"]
     manipulation: str | None
     kind: str | None
     detail: dict[str, Any]
@@ -72,6 +72,14 @@ class Cohort:
         return LabelledCase(case=cases[0], manipulation=entry.manipulation, label=entry.label)
 
 
+def _label(value: object, index: int) -> Literal["clean", "manipulated"]:
+    if value == "clean":
+        return "clean"
+    if value == "manipulated":
+        return "manipulated"
+    raise CohortError(f"manifest case #{index}: label must be 'clean' or 'manipulated', not {value!r}")
+
+
 def load_cohort(root: Path) -> Cohort:
     """Read ``root/manifest.json`` (and ``root/site.json`` when present)."""
     manifest_path = root / "manifest.json"
@@ -91,7 +99,7 @@ def load_cohort(root: Path) -> Cohort:
                     study_instance_uid=str(raw["study_instance_uid"]),
                     bundle=root / raw["bundle"],
                     dicom=root / raw["dicom"],
-                    label=str(raw["label"]),
+                    label=_label(raw["label"], i),
                     manipulation=raw.get("manipulation"),
                     kind=raw.get("kind"),
                     detail=dict(raw.get("detail") or {}),

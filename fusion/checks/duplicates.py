@@ -142,7 +142,8 @@ def texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
     norm = float(np.linalg.norm(residual))
     if norm < 1e-6:
         return None  # a flat image has no texture to compare
-    return (residual / norm).astype(np.float32)
+    out: NDArray[np.float32] = (residual / norm).astype(np.float32)
+    return out
 
 
 def _middle_frame(pixels: NDArray[np.float32], samples_per_pixel: int) -> NDArray[np.float32]:

@@ -45,7 +45,7 @@ def _blur_inplane(vol: F32, sigma: float) -> F32:
     taps = _kernel(sigma) if sigma > 0 else []
     if not taps:
         return vol
-    out = np.empty(vol.shape, np.float32)
+    out: F32 = np.empty(vol.shape, np.float32)
     cur = np.empty(out.shape[1:], np.float32)
     nxt = np.empty_like(cur)
     tmp = np.empty_like(cur)
@@ -124,7 +124,8 @@ def smooth_bias_field(shape: tuple[int, int, int], rng: np.random.Generator, str
     col = c[1] * x + c[4] * x * x  # (1, 1, w)
     sl = c[2] * z + c[5] * z * z  # (n, 1, 1)
     field = np.float32(1.0) + row + col + sl
-    return np.clip(field, 0.5, 1.5).astype(np.float32)
+    clipped: F32 = np.clip(field, 0.5, 1.5).astype(np.float32)
+    return clipped
 
 
 def mr_acquire(
@@ -132,7 +133,7 @@ def mr_acquire(
 ) -> F32:
     """Magnitude MR slices with Rician noise and a smooth bias field."""
     blurred = _blur_inplane(signal, psf_sigma)
-    blurred *= smooth_bias_field(signal.shape, rng, bias_strength)  # type: ignore[arg-type]
+    blurred *= smooth_bias_field(signal.shape, rng, bias_strength)
     re = rng.standard_normal(signal.shape, dtype=np.float32)
     re *= np.float32(noise_sigma)
     re += blurred

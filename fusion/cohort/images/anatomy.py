@@ -241,10 +241,10 @@ def build_chest(
         p, r = _vessel_tree(rng, hila[side], lungs[side], congested)
         col = collapsed[side]
         if col is not lungs[side]:
-            f = col.ax / lungs[side].ax
+            shrink = col.ax / lungs[side].ax
             h = np.asarray(hila[side], np.float32)
-            p = (h + (p - h) * f).astype(np.float32)
-            r = r * np.float32(max(f, 0.6))
+            p = (h + (p - h) * shrink).astype(np.float32)
+            r = r * np.float32(max(shrink, 0.6))
         v_pts.append(p)
         v_rad.append(r)
         v_side.append(np.full(len(p), sign, np.int8))
@@ -252,10 +252,10 @@ def build_chest(
     emph = np.zeros((0, 3), np.float32)
     if scenario.smoker and age > 40:
         k = int(rng.integers(6, 25))
-        side = rng.choice([-1.0, 1.0], size=k)
+        emph_side = rng.choice([-1.0, 1.0], size=k)
         emph = np.stack(
             [
-                side * a_in * 0.48 + rng.uniform(-0.6, 0.6, k) * a_in * 0.4,
+                emph_side * a_in * 0.48 + rng.uniform(-0.6, 0.6, k) * a_in * 0.4,
                 rng.uniform(-0.6, 0.6, k) * b_in * 0.7,
                 rng.uniform(10.0, 90.0, k),
             ],

@@ -30,7 +30,8 @@ def _span(inside: B, axis: int) -> B:
     shape[axis] = n
     idx = np.arange(n).reshape(shape)
     # a line with nothing inside has first = 0 and last = n - 1 - 0: the test below is empty then
-    return (idx >= first) & (idx <= last) & np.expand_dims(inside.any(axis=axis), axis)
+    span: B = (idx >= first) & (idx <= last) & np.expand_dims(inside.any(axis=axis), axis)
+    return span
 
 
 def _hull(inside: B) -> B:

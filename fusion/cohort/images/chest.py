@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -115,7 +116,7 @@ def ct_volume(anat: ChestAnatomy, z_mm: NDArray[np.floating], thickness: float, 
         _paint(img, anat.heart, z, spacing, -90.0, grow=5.0)  # pericardial fat
         _paint(img, anat.heart, z, spacing, 38.0)
         # great vessels, airway, oesophagus
-        px = lambda xm, ym: _mm_to_px(xm, ym, spacing, h, w)  # noqa: E731
+        px: Callable[[float, float], tuple[float, float]] = lambda xm, ym: _mm_to_px(xm, ym, spacing, h, w)  # noqa: E731
         if z > -150:
             r, c = px(a_in * 0.14, sy - 18.0)
             fill_ellipse(img, r, c, ax / spacing, ax / spacing, 40.0)  # descending aorta

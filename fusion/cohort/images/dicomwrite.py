@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -25,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
@@ -101,7 +103,7 @@ def _base_dataset(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _SOP_CLASS[modality]
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = f"{site.uid_root}.0.1"
+    meta.ImplementationClassUID = cast(UID, f"{site.uid_root}.0.1")
     meta.ImplementationVersionName = _implementation_version(plan)
     ds = Dataset()
     ds.file_meta = meta
@@ -299,7 +301,7 @@ def write_study(
         for i, frame in enumerate(s.frames):
             sop = _sop_uid(s.series_instance_uid, i, site.uid_root)
             ds.SOPInstanceUID = sop
-            ds.file_meta.MediaStorageSOPInstanceUID = sop
+            ds.file_meta.MediaStorageSOPInstanceUID = cast(UID, sop)
             ds.InstanceNumber = i + 1
             if s.slice_positions:
                 z = s.slice_positions[i]

@@ -45,7 +45,7 @@ def _geometry(s: RenderedSeries) -> FrameGeometry:
         s.frames.shape,
         s.pixel_spacing,
         s.slice_positions,
-        s.slice_thickness,  # type: ignore[arg-type]
+        s.slice_thickness,
     )
 
 
@@ -103,7 +103,8 @@ def _upsample_axis(coarse: NDArray[np.float64], start: int, n: int, f: int, axis
     shape = [1, 1]
     shape[axis] = n
     t = t.reshape(shape)
-    return np.take(coarse, i0, axis=axis) * (1.0 - t) + np.take(coarse, i1, axis=axis) * t
+    out: NDArray[np.float64] = np.take(coarse, i0, axis=axis) * (1.0 - t) + np.take(coarse, i1, axis=axis) * t
+    return out
 
 
 def _blocks(lo: int, hi: int, n: int, f: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,7 +120,8 @@ def _texture(shape: tuple[int, int], rng: np.random.Generator, lo: float, hi: fl
     out = out[: shape[0], : shape[1]]
     if out.shape != shape:
         out = np.pad(out, ((0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1])), mode="edge")
-    return out.astype(np.float32)
+    result: F32 = out.astype(np.float32)
+    return result
 
 
 def _blob(
@@ -166,6 +168,7 @@ def _blob(
             for ph, fr in zip(phases, freqs, strict=True):
                 mod = mod + np.float32(0.09) * np.sin(fr * ang + ph).astype(np.float32)
             r = r / mod
+        a: NDArray[np.floating[Any]]
         if chord:
             depth = 2.0 * min(radius_mm[0], radius_mm[1])
             a = np.float32(depth) * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0))
@@ -192,7 +195,7 @@ def _effusion(geom: FrameGeometry, side: str | None, severity: float) -> list[Pa
                 lat = np.clip((xs - 0.5) / 0.3, -1.0, 1.0)
             else:
                 lat = np.abs(xs - (0.3 if sd == "right" else 0.7)) / 0.2
-            level = (0.80 - (0.06 + 0.30 * sev) - 0.05 * lat**2) * h
+            level: float | NDArray[np.float64] = (0.80 - (0.06 + 0.30 * sev) - 0.05 * lat**2) * h
             alpha = np.clip((rows - level) / 4.0 + 0.5, 0.0, 1.0).astype(np.float32)
             patches.append(Patch(0, slice(0, h), cols, alpha, MU_LUNG_DELTA, lung_weighted=True))
             if geom.view == "LL":

@@ -58,7 +58,7 @@ def _render_chest_ct(scenario: PatientScenario, plan: StudyPlan, rng: np.random.
     table = -float(np.round(rng.uniform(150.0, 400.0), 1))
     positions = tuple(float(round(z + table, 2)) for z in z_phantom)
     ideal = ct_volume(anat, z_phantom, t, spacing)
-    geom = FrameGeometry("CT", None, ideal.shape, (spacing, spacing), positions, t)  # type: ignore[arg-type]
+    geom = FrameGeometry("CT", None, ideal.shape, (spacing, spacing), positions, t)
     patches = [p for f in plan.image_findings for p in finding_patches(geom, f, rng, structural=False)]
     if patches:
         ideal = apply_patches(ideal, "CT", patches, masks=ct_lung_mask(ideal))
@@ -100,7 +100,7 @@ def _render_brain_mr(scenario: PatientScenario, plan: StudyPlan, rng: np.random.
     ideal = brain_volume(z_phantom, spacing, age, scenario.gender == "female", anat_rng)
     offset = float(np.round(rng.uniform(-20.0, 20.0), 1))
     positions = tuple(float(round(z + offset, 2)) for z in z_phantom)
-    geom = FrameGeometry("MR", None, ideal.shape, (spacing, spacing), positions, proto.slice_thickness)  # type: ignore[arg-type]
+    geom = FrameGeometry("MR", None, ideal.shape, (spacing, spacing), positions, proto.slice_thickness)
     patches = [p for f in plan.image_findings for p in finding_patches(geom, f, rng, structural=False)]
     if patches:
         tissue = (ideal >= T2["wm"] - 1) & (ideal <= T2["gm"] + 1)
@@ -141,7 +141,7 @@ def synthesize(study: RenderedStudy, seed: int, generator: Generator | None = No
     torch_threads = None
     if generator is None:
         try:
-            from fusion.generators import load_generator  # type: ignore[attr-defined]
+            from fusion.generators import load_generator
 
             model = load_generator(kind)
         except Exception as exc:  # ImportError, missing weights, ...
