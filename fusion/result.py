@@ -64,7 +64,9 @@ class Evidence:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
-        return cls(kind=data["kind"], reference=data["reference"], value=data.get("value"), uid=data.get("uid"))
+        return cls(
+            kind=data["kind"], reference=data["reference"], value=data.get("value"), uid=data.get("uid")
+        )
 
 
 @dataclass(frozen=True)

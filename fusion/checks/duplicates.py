@@ -128,7 +128,7 @@ def normalise_to_uint8(frame: NDArray[np.floating], modality: str) -> NDArray[np
     return scaled.round().astype(np.uint8)
 
 
-def texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
+def _texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
     """The unit-norm fine-texture residual of an 8-bit frame (see the module docstring)."""
     from scipy.ndimage import gaussian_filter
 
@@ -177,7 +177,7 @@ def fingerprint(study: Study) -> ImageFingerprint | None:
         sop_instance_uid=inst.sop_instance_uid,
         phash=imagehash.phash(image, hash_size=_PHASH_SIZE),
         dhash=imagehash.dhash(image),
-        texture=texture_residual(image),
+        texture=_texture_residual(image),
     )
 
 

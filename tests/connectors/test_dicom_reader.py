@@ -6,7 +6,6 @@ only when present locally: nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 from datetime import UTC, date, datetime

@@ -20,7 +20,9 @@ from fusion.result import (
 
 def _result(**overrides: object) -> CrossCheckResult:
     base: dict[str, object] = dict(
-        case=CaseRef(patient_id="pat-000001", study_instance_uid="1.2.826.0.1.3680043.10.1.5", accession_number="A1"),
+        case=CaseRef(
+            patient_id="pat-000001", study_instance_uid="1.2.826.0.1.3680043.10.1.5", accession_number="A1"
+        ),
         scores=Scores(consistency=0.1, synthetic=0.02, overall=0.92),
         flagged=True,
         threshold=0.5,
@@ -29,7 +31,10 @@ def _result(**overrides: object) -> CrossCheckResult:
                 code="identity.birth-date-mismatch",
                 severity=Severity.CRITICAL,
                 message="DICOM PatientBirthDate differs from the FHIR Patient's birth date by 3 years",
-                evidence=(Evidence("fhir", "Patient/pat-000001"), Evidence("dicom", "PatientBirthDate", uid="1.2.3")),
+                evidence=(
+                    Evidence("fhir", "Patient/pat-000001"),
+                    Evidence("dicom", "PatientBirthDate", uid="1.2.3"),
+                ),
             ),
         ),
         model=ModelInfo(name="crosscheck-small", version="0.1.0", sha256="a" * 64),

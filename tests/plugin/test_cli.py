@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plugin.cli", *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "plugin", *args], capture_output=True, text=True, timeout=300, check=False
     )
 
 
