@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -12,11 +14,14 @@ from typing import TextIO
 from connectors import Strictness, link_cases, read_bundle, read_dicom, read_ndjson
 from connectors.domain import Case, PatientRecord, SiteProfile, Study
 from connectors.errors import NoInputFound
+from connectors.remote import ImagingSource, RemoteCases, fetch_cases
 from fusion.checks.duplicates import PerceptualHashIndex
 from fusion.result import CrossCheckResult
 from fusion.scorer import Scorer
+from plugin.errors import UsageError
+from plugin.servers import ServerSettings
 
-__all__ = ["build_hash_index", "format_text", "load_records", "load_site", "run_check"]
+__all__ = ["build_hash_index", "format_text", "load_records", "load_site", "run_check", "run_check_remote"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +91,6 @@ def run_check(
     """Score every study under ``dicom``; under ``raise`` strictness the first unusable
     resource or file stops the run with a specific error, under ``warn`` it is skipped
     and logged (and listed in the record's ``problems``)."""
-    out = out or sys.stdout
     if not dicom.exists():
         raise FileNotFoundError(f"{dicom}: no such file or folder")
     records = load_records(bundle, strictness) if bundle is not None else []
@@ -94,6 +98,93 @@ def run_check(
     if not studies:
         raise NoInputFound(f"{dicom}: no DICOM studies found")
     cases: list[Case] = link_cases(studies, records)
+    return _score_and_write(
+        cases,
+        studies,
+        site_path=site_path,
+        archive=archive,
+        model=model,
+        device=device,
+        strictness=strictness,
+        output_format=output_format,
+        out=out,
+    )
+
+
+def run_check_remote(
+    *,
+    settings: ServerSettings,
+    patient: str | None,
+    study: str | None,
+    output_format: str = "text",
+    site_path: Path | None = None,
+    archive: Path | None = None,
+    model: Path | None = None,
+    device: str | None = None,
+    strictness: Strictness | str = Strictness.RAISE,
+    keep: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Score the studies of ``patient`` (FHIR Patient id; DICOM PatientID without --fhir), or ``study``,
+    fetched from the FHIR server and the PACS. Images go to a temporary folder (or ``keep``)."""
+    if patient is None and study is None:
+        raise UsageError("give --patient ID, --study UID, or both")
+    imaging = settings.imaging_source()
+    if settings.fhir_url is None and imaging is None:
+        raise UsageError("no server: give --fhir URL and/or --dicomweb URL or --dimse HOST:PORT:AET")
+    with tempfile.TemporaryDirectory(prefix="crosscheck-") as tmp:
+        cache = keep or Path(tmp)
+        fetched = asyncio.run(_fetch(settings, imaging, cache, patient, study, strictness))
+        return _score_and_write(
+            fetched.cases,
+            fetched.studies,
+            site_path=site_path,
+            archive=archive,
+            model=model,
+            device=device,
+            strictness=strictness,
+            output_format=output_format,
+            out=out,
+        )
+
+
+async def _fetch(
+    settings: ServerSettings,
+    imaging: ImagingSource | None,
+    cache: Path,
+    patient: str | None,
+    study: str | None,
+    strictness: Strictness | str,
+) -> RemoteCases:
+    fhir = settings.fhir_client() if settings.fhir_url is not None else None
+    try:
+        return await fetch_cases(
+            fhir=fhir,
+            imaging=imaging,
+            cache=cache,
+            patient_id=patient,
+            study_instance_uid=study,
+            strictness=strictness,
+            endpoint_source=settings.dicomweb_source,
+        )
+    finally:
+        if fhir is not None:
+            await fhir.aclose()
+
+
+def _score_and_write(
+    cases: Sequence[Case],
+    studies: Sequence[Study],
+    *,
+    site_path: Path | None,
+    archive: Path | None,
+    model: Path | None,
+    device: str | None,
+    strictness: Strictness | str,
+    output_format: str,
+    out: TextIO | None,
+) -> int:
+    out = out or sys.stdout
     site = load_site(site_path) if site_path is not None else None
     archive_studies = list(studies)
     if archive is not None:

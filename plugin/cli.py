@@ -12,14 +12,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from plugin.errors import UsageError
+from plugin.servers import add_server_arguments
 
 __all__ = ["UsageError", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(Exception):
-    """Bad arguments or input the user can fix; reported as one line, exit 2."""
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -42,18 +42,56 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from plugin.check import run_check
+    from plugin.check import run_check, run_check_remote
+    from plugin.servers import server_settings
 
-    return run_check(
-        bundle=Path(args.bundle) if args.bundle else None,
-        dicom=Path(args.dicom),
+    settings = server_settings(args)
+    remote = any((settings.fhir_url, settings.dicomweb_url, settings.dimse, args.patient, args.study))
+    common: dict[str, Any] = dict(
         output_format=args.format,
         site_path=Path(args.site) if args.site else None,
         archive=Path(args.archive) if args.archive else None,
         model=Path(args.model) if args.model else None,
         device=args.device,
-        strictness=args.strictness,
     )
+    if remote:
+        if args.dicom or args.bundle:
+            raise UsageError(
+                "check files (--dicom, --bundle) or servers (--fhir, --dicomweb, --dimse), not both"
+            )
+        return run_check_remote(
+            settings=settings,
+            patient=args.patient,
+            study=args.study,
+            strictness=args.strictness or "warn",
+            keep=Path(args.keep) if args.keep else None,
+            **common,
+        )
+    if not args.dicom:
+        raise UsageError("give --dicom PATH (files) or --fhir/--dicomweb/--dimse with --patient (servers)")
+    return run_check(
+        bundle=Path(args.bundle) if args.bundle else None,
+        dicom=Path(args.dicom),
+        strictness=args.strictness or "raise",
+        **common,
+    )
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from plugin.load import run_load
+    from plugin.servers import server_settings
+
+    report = run_load(
+        settings=server_settings(args),
+        data=Path(args.data),
+        link_endpoints=args.link_endpoint,
+        progress=not args.quiet,
+    )
+    print(
+        f"loaded {report.bundles} Bundles ({report.resources} resources) "
+        f"and {report.instances} DICOM instances"
+    )
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -123,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", _cmd_check, "Cross-check each DICOM study against the patient's record.")
     p.add_argument("--bundle", help="FHIR R4 Bundle (JSON) or NDJSON export with the patient's record")
-    p.add_argument("--dicom", required=True, help="DICOM file or folder of studies")
+    p.add_argument("--dicom", help="DICOM file or folder of studies")
     p.add_argument("--format", choices=("json", "text"), default="text", help="json: one object per line")
     p.add_argument("--site", help="site profile JSON (UID roots, known devices)")
     p.add_argument("--archive", help="folder of other studies to search for re-filed duplicates")
@@ -132,10 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strictness",
         choices=("raise", "warn", "ignore"),
-        default="raise",
-        help="an invalid FHIR resource or unreadable DICOM file: stop with an error (raise, default), "
-        "skip it with a warning (warn), or skip it silently but still list it in the record (ignore)",
+        help="an invalid FHIR resource or unreadable DICOM file: stop with an error (raise), "
+        "skip it with a warning (warn), or skip it silently but still list it in the record (ignore); "
+        "default raise for files, warn for servers",
+        default=None,
     )
+    p.add_argument("--patient", help="FHIR Patient id (DICOM PatientID when there is no --fhir)")
+    p.add_argument("--study", help="StudyInstanceUID: check only this study")
+    p.add_argument("--keep", help="keep the fetched DICOM files in this folder")
+    add_server_arguments(p)
+
+    p = add("load", _cmd_load, "Load a cohort folder into a FHIR server (transactions) and a PACS (STOW-RS).")
+    p.add_argument("data", help="cohort folder (from `crosscheck simulate`)")
+    p.add_argument(
+        "--link-endpoint",
+        action="store_true",
+        help="add a DICOMweb Endpoint and point every ImagingStudy at it",
+    )
+    add_server_arguments(p, dimse=False)
 
     p = add("train", _cmd_train, "Train the fusion model on a cohort folder and write a model bundle.")
     p.add_argument("--data", required=True, help="cohort folder (from `crosscheck simulate`)")

@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
+# The integration tests start a real PACS: Orthanc with its DICOMweb and GDCM plugins.
+install_system_packages orthanc orthanc-dicomweb orthanc-gdcm
 make_venv "test"
 python -m pytest "$@"

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -279,19 +279,41 @@ class _Parts:
     problems: list[str] = field(default_factory=list)
 
     def build(self) -> PatientRecord:
+        """The record, each part in natural order of resource id.
+
+        The order does not depend on the order the resources arrived in, so a
+        Bundle file and a server search of the same patient give equal records.
+        """
         return PatientRecord(
             patient=self.patient,
-            labs=tuple(self.labs),
-            conditions=tuple(self.conditions),
-            medications=tuple(self.medications),
-            procedures=tuple(self.procedures),
-            orders=tuple(self.orders),
-            reports=tuple(self.reports),
-            encounters=tuple(self.encounters),
-            devices=tuple(self.devices.values()),
-            imaging_studies=tuple(self.imaging_studies),
-            problems=tuple(self.problems),
+            labs=_by_id(self.labs),
+            conditions=_by_id(self.conditions),
+            medications=_by_id(self.medications),
+            procedures=_by_id(self.procedures),
+            orders=_by_id(self.orders),
+            reports=_by_id(self.reports),
+            encounters=_by_id(self.encounters),
+            devices=_by_id(self.devices.values()),
+            imaging_studies=_by_id(self.imaging_studies),
+            problems=tuple(sorted(self.problems, key=_natural_key)),
         )
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_T = TypeVar("_T", bound=_HasId)
+
+
+def _by_id(items: Iterable[_T]) -> tuple[_T, ...]:
+    return tuple(sorted(items, key=lambda item: _natural_key(item.id)))
+
+
+def _natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """``obs-2`` before ``obs-10``: digit runs compare as numbers."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
 
 
 Key = tuple[str, str]  # (resourceType, id)

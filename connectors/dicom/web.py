@@ -1,0 +1,425 @@
+"""DICOMweb (QIDO-RS, WADO-RS, STOW-RS) through dicomweb-client.
+
+    pacs = DicomWebSource("http://pacs:8042/dicom-web", credentials=Credentials(username=..., password=...))
+    refs = pacs.find_studies(patient_id="12345")
+    meta = pacs.study_metadata(refs[0].study_instance_uid)      # headers only: no pixels moved
+    files = pacs.download_study(refs[0].study_instance_uid, Path("cache"))
+
+Metadata comes first: the header checks need no pixels, and the pixel, frame and
+byte limits (`DicomLimits`) are checked on it before any pixel data is asked for,
+so a decompression bomb or an absurd Rows x Columns is refused without downloading
+it. Instances are then retrieved one at a time and streamed to disk part by part
+(a multipart/related response is parsed as it arrives), never held whole in memory.
+
+Errors from the server or the network become the `ServerError` subclasses of
+`connectors.errors`, with the URL but not the query (QIDO queries carry patient ids).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+from python_multipart.multipart import MultipartParser
+
+from connectors.auth import Credentials
+from connectors.dicom.limits import DicomLimits
+from connectors.errors import (
+    NoImagingFound,
+    ServerError,
+    ServerTimeout,
+    ServerUnreachable,
+)
+from connectors.http import RetryPolicy, Timeouts, error_for_status, outcome_issues, redact_url
+
+__all__ = ["DICOM_MEDIA_TYPE", "DicomWebSource", "StudyRef", "metadata_dataset"]
+
+logger = logging.getLogger(__name__)
+
+DICOM_MEDIA_TYPE = "application/dicom"
+_ACCEPT_INSTANCE = f'multipart/related; type="{DICOM_MEDIA_TYPE}"; transfer-syntax=*'
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """One QIDO-RS study match."""
+
+    study_instance_uid: str
+    patient_id: str | None
+    accession_number: str | None
+    study_date: str | None
+    modalities: tuple[str, ...]
+    series: int | None
+    instances: int | None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> StudyRef:
+        """From a QIDO-RS result or a C-FIND identifier."""
+        modalities = ds.get("ModalitiesInStudy")
+        if isinstance(modalities, str):
+            modalities = [modalities] if modalities else []
+
+        def number(keyword: str) -> int | None:
+            value = ds.get(keyword)
+            return int(value) if value not in (None, "") else None
+
+        return cls(
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            patient_id=str(ds.PatientID) if ds.get("PatientID") else None,
+            accession_number=str(ds.AccessionNumber) if ds.get("AccessionNumber") else None,
+            study_date=str(ds.StudyDate) if ds.get("StudyDate") else None,
+            modalities=tuple(str(m) for m in modalities or ()),
+            series=number("NumberOfStudyRelatedSeries"),
+            instances=number("NumberOfStudyRelatedInstances"),
+        )
+
+
+def metadata_dataset(item: dict[str, Any]) -> Dataset:
+    """A DICOM JSON metadata item as a pydicom Dataset (bulk data left out)."""
+    return Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
+
+
+class DicomWebSource:
+    """A PACS reached over DICOMweb.
+
+    WADO-RS with ``transfer-syntax=*`` returns the instance as stored, file meta
+    included (``preserves_file_meta``).
+    """
+
+    preserves_file_meta = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credentials: Credentials | None = None,
+        timeouts: Timeouts = Timeouts(),
+        retry: RetryPolicy = RetryPolicy(),
+        limits: DicomLimits = DicomLimits(),
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"DICOMweb URL must start with http:// or https://, not {redact_url(url)!r}")
+        if credentials is not None and credentials.smart is not None:
+            raise ValueError("DICOMweb takes HTTP basic or a bearer token, not a SMART client")
+        self.url = url.rstrip("/")
+        self.limits = limits
+        self.timeouts = timeouts
+        self.requests = 0
+        session = requests.Session()
+        if credentials is not None and credentials.username is not None:
+            session.auth = (credentials.username, credentials.password or "")
+        headers = (
+            {"Authorization": f"Bearer {credentials.token}"} if credentials and credentials.token else {}
+        )
+        session.headers.update(headers)
+        session.hooks["response"].append(self._count)
+        self._session = session
+        self._client = DICOMwebClient(self.url, session=session, timeout=(timeouts.connect, timeouts.read))
+        self._client.set_http_retry_params(
+            retry=retry.attempts > 1,
+            max_attempts=retry.attempts,
+            wait_exponential_multiplier=max(int(retry.backoff * 1000), 1),
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> DicomWebSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- QIDO-RS ---------------------------------------------------------------------------------
+
+    def find_studies(
+        self,
+        *,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+        study_instance_uid: str | None = None,
+        date_from: date | None = None,
+        date_to: date | None = None,
+        limit: int | None = None,
+    ) -> list[StudyRef]:
+        """QIDO-RS ``/studies`` by any of patient id, accession number, UID and date range."""
+        filters: dict[str, str] = {}
+        if patient_id is not None:
+            filters["PatientID"] = patient_id
+        if accession_number is not None:
+            filters["AccessionNumber"] = accession_number
+        if study_instance_uid is not None:
+            filters["StudyInstanceUID"] = study_instance_uid
+        if date_from is not None or date_to is not None:
+            low = date_from.strftime("%Y%m%d") if date_from else ""
+            high = date_to.strftime("%Y%m%d") if date_to else ""
+            filters["StudyDate"] = f"{low}-{high}"
+        if not filters:
+            raise ValueError(
+                "a study search needs a patient id, accession number, StudyInstanceUID or date range"
+            )
+        fields = (
+            "PatientID",
+            "AccessionNumber",
+            "StudyDate",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+        )
+        found = self._call(
+            "QIDO-RS study search",
+            lambda: self._client.search_for_studies(
+                search_filters=filters, fields=fields, limit=limit, get_remaining=limit is None
+            ),
+        )
+        return [StudyRef.from_dataset(metadata_dataset(item)) for item in found]
+
+    def find_series(self, study_instance_uid: str) -> list[Dataset]:
+        found = self._call(
+            "QIDO-RS series search",
+            lambda: self._client.search_for_series(study_instance_uid, get_remaining=True),
+        )
+        return [metadata_dataset(item) for item in found]
+
+    def find_instances(
+        self, study_instance_uid: str, series_instance_uid: str | None = None
+    ) -> list[Dataset]:
+        found = self._call(
+            "QIDO-RS instance search",
+            lambda: self._client.search_for_instances(
+                study_instance_uid, series_instance_uid, get_remaining=True
+            ),
+        )
+        return [metadata_dataset(item) for item in found]
+
+    # -- WADO-RS ---------------------------------------------------------------------------------
+
+    def study_metadata(self, study_instance_uid: str) -> list[Dataset]:
+        """Every instance header of the study (WADO-RS metadata); no pixel data moves.
+
+        `NoImagingFound` when the PACS has no such study.
+        """
+        try:
+            items = self._call(
+                "WADO-RS study metadata", lambda: self._client.retrieve_study_metadata(study_instance_uid)
+            )
+        except ServerError as exc:
+            if exc.status == 404:
+                raise NoImagingFound(f"the PACS at {self.url} has no study {study_instance_uid}") from None
+            raise
+        if not items:
+            raise NoImagingFound(f"the PACS at {self.url} has no instances in study {study_instance_uid}")
+        return [metadata_dataset(item) for item in items]
+
+    def check_limits(self, metadata: Sequence[Dataset], study_instance_uid: str) -> int:
+        """Raise `PixelDataTooLarge` when the headers promise more than the limits allow; return the bytes."""
+        total = 0
+        for ds in metadata:
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            if not rows or not cols:
+                continue
+            total += self.limits.check_instance(
+                rows=rows,
+                columns=cols,
+                frames=int(ds.get("NumberOfFrames", 1) or 1),
+                samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+                bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
+                source=f"instance {ds.get('SOPInstanceUID', '?')}",
+            )
+        self.limits.check_study(total, study_instance_uid=study_instance_uid)
+        return total
+
+    def download_study(
+        self, study_instance_uid: str, dest: Path, *, metadata: Sequence[Dataset] | None = None
+    ) -> list[Path]:
+        """Write every instance of the study under ``dest/<StudyInstanceUID>/``; their paths.
+
+        Headers are read (or taken from ``metadata``) and checked against the
+        limits first; each instance is then streamed to its own file.
+        """
+        metadata = list(metadata) if metadata is not None else self.study_metadata(study_instance_uid)
+        self.check_limits(metadata, study_instance_uid)
+        folder = dest / _safe(study_instance_uid)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for ds in metadata:
+            series_uid, sop_uid = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
+            if not series_uid or not sop_uid:
+                continue
+            path = folder / f"{_safe(sop_uid)}.dcm"
+            self.download_instance(study_instance_uid, series_uid, sop_uid, path)
+            paths.append(path)
+        return paths
+
+    def download_instance(self, study_uid: str, series_uid: str, sop_uid: str, path: Path) -> Path:
+        """Stream one instance (as stored, any transfer syntax) into ``path``."""
+        url = f"{self.url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        what = "WADO-RS instance retrieval"
+        try:
+            response = self._session.get(
+                url,
+                headers={"Accept": _ACCEPT_INSTANCE},
+                stream=True,
+                timeout=(self.timeouts.connect, self.timeouts.read),
+            )
+        except requests.RequestException as exc:
+            raise _transport_error(exc, what, url) from None
+        with response:
+            if response.status_code >= 400:
+                raise _status_error(response, what)
+            content_type = response.headers.get("Content-Type", "")
+            tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".part-", delete=False)
+            try:
+                with tmp:
+                    written = _write_body(response.iter_content(_CHUNK), content_type, tmp)
+                if written == 0:
+                    raise ServerError(
+                        f"{what}: the PACS sent an empty instance {sop_uid}", url=redact_url(url)
+                    )
+                os.replace(tmp.name, path)
+            except requests.RequestException as exc:
+                raise _transport_error(exc, what, url) from None
+            finally:
+                if os.path.exists(tmp.name):
+                    os.unlink(tmp.name)
+        return path
+
+    def frames(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        numbers: Sequence[int],
+        *,
+        media_type: str = "application/octet-stream",
+    ) -> list[bytes]:
+        """WADO-RS frames (1-based numbers); Orthanc needs the media type explicitly."""
+        frames: list[bytes] = self._call(
+            "WADO-RS frame retrieval",
+            lambda: self._client.retrieve_instance_frames(
+                study_uid, series_uid, sop_uid, frame_numbers=list(numbers), media_types=((media_type, "*"),)
+            ),
+        )
+        return frames
+
+    # -- STOW-RS ---------------------------------------------------------------------------------
+
+    def store(self, files: Sequence[Path], *, batch: int = 16) -> int:
+        """STOW-RS the files, ``batch`` instances a request; the number stored."""
+        stored = 0
+        for start in range(0, len(files), batch):
+            datasets = [pydicom.dcmread(f) for f in files[start : start + batch]]
+            response = self._call("STOW-RS", lambda ds=datasets: self._client.store_instances(ds))
+            failed = response.get("FailedSOPSequence") if response is not None else None
+            if failed:
+                reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
+                raise ServerError(
+                    f"STOW-RS: the PACS at {self.url} refused {len(failed)} instance(s) "
+                    f"(failure reasons {', '.join(reasons)})",
+                    url=f"{self.url}/studies",
+                )
+            stored += len(datasets)
+        return stored
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.requests += 1
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except requests.HTTPError as exc:
+            if exc.response is None:
+                raise ServerError(
+                    f"{what} failed at {self.url}: {exc.__class__.__name__}", url=self.url
+                ) from None
+            raise _status_error(exc.response, what) from None
+        except requests.RequestException as exc:
+            raise _transport_error(exc, what, self.url) from None
+        except Exception as exc:  # dicomweb-client's retry wrapper re-raises the last error as RetryError
+            inner = getattr(getattr(exc, "last_attempt", None), "value", None)
+            if isinstance(inner, requests.HTTPError) and inner.response is not None:
+                raise _status_error(inner.response, what, retried=True) from None
+            if isinstance(inner, requests.RequestException):
+                raise _transport_error(inner, what, self.url) from None
+            raise
+
+
+def _write_body(chunks: Iterator[bytes], content_type: str, out: Any) -> int:
+    """Write the first part of a multipart/related body (or a plain body) to ``out``; bytes written."""
+    written = 0
+    boundary = _boundary(content_type)
+    if boundary is None:
+        for chunk in chunks:
+            out.write(chunk)
+            written += len(chunk)
+        return written
+    state = {"part": 0, "written": 0}
+
+    def on_part_begin() -> None:
+        state["part"] += 1
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["part"] == 1:
+            out.write(data[start:end])
+            state["written"] += end - start
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_part_data": on_part_data})
+    for chunk in chunks:
+        parser.write(chunk)
+    parser.finalize()
+    return state["written"]
+
+
+def _boundary(content_type: str) -> str | None:
+    if not content_type.lower().startswith("multipart/"):
+        return None
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            return value.strip().strip('"')
+    return None
+
+
+def _status_error(response: requests.Response, what: str, *, retried: bool = False) -> ServerError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return error_for_status(
+        response.status_code,
+        url=redact_url(response.url),
+        what=what,
+        issues=outcome_issues(body),
+        retried=int(retried),
+    )
+
+
+def _transport_error(exc: requests.RequestException, what: str, url: str) -> ServerError:
+    if isinstance(exc, requests.Timeout):
+        return ServerTimeout(
+            f"{what}: the PACS did not answer within the timeout at {redact_url(url)}", url=redact_url(url)
+        )
+    return ServerUnreachable(
+        f"{what}: the PACS is unreachable at {redact_url(url)} ({exc.__class__.__name__})",
+        url=redact_url(url),
+    )
+
+
+def _safe(uid: str) -> str:
+    cleaned = "".join(c for c in uid if c.isdigit() or c == ".")
+    if not cleaned or cleaned != uid:
+        raise ValueError(f"{uid!r} is not a DICOM UID")
+    return cleaned
