@@ -84,7 +84,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     report = run_load(
         settings=server_settings(args),
         data=Path(args.data),
-        link_endpoints=args.link_endpoint,
+        endpoint=args.link_endpoint,
         progress=not args.quiet,
     )
     print(
@@ -92,6 +92,32 @@ def _cmd_load(args: argparse.Namespace) -> int:
         f"and {report.instances} DICOM instances"
     )
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.fhir.bulk import bulk_export
+    from plugin.servers import server_settings
+
+    settings = server_settings(args)
+    types = tuple(t for t in (args.type or "").split(",") if t)
+
+    async def run() -> int:
+        async with settings.fhir_client() as fhir:
+            export = await bulk_export(
+                fhir, Path(args.out), level=args.level, group_id=args.group, types=types
+            )
+        total = sum(export.counts.values())
+        print(
+            f"exported {total} resources in {len(export.files)} NDJSON files to {args.out}"
+            + (f" ({len(export.errors)} error files)" if export.errors else "")
+        )
+        return 0
+
+    if args.level == "group" and not args.group:
+        raise UsageError("--level group needs --group ID")
+    return asyncio.run(run())
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -184,9 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="cohort folder (from `crosscheck simulate`)")
     p.add_argument(
         "--link-endpoint",
-        action="store_true",
-        help="add a DICOMweb Endpoint and point every ImagingStudy at it",
+        metavar="DICOMWEB_URL",
+        help="add an Endpoint with this DICOMweb address and point every ImagingStudy at it",
     )
+    add_server_arguments(p, dimse=False)
+
+    p = add(
+        "export", _cmd_export, "Run a FHIR Bulk Data $export and write its NDJSON files (for check --bundle)."
+    )
+    p.add_argument("--out", required=True, help="folder for the NDJSON files")
+    p.add_argument("--level", choices=("system", "patient", "group"), default="patient")
+    p.add_argument("--group", help="Group id, with --level group")
+    p.add_argument("--type", help="comma-separated resource types (default: all)")
     add_server_arguments(p, dimse=False)
 
     p = add("train", _cmd_train, "Train the fusion model on a cohort folder and write a model bundle.")

@@ -2,7 +2,7 @@
 
 For demos and tests: afterwards ``crosscheck check --fhir ... --dicomweb ...`` sees
 the same cases as ``crosscheck check --bundle ... --dicom ...`` on the folder.
-With ``link_endpoint`` an Endpoint resource for the DICOMweb URL is added and every
+With ``--link-endpoint URL`` an Endpoint resource for the DICOMweb URL is added and every
 ImagingStudy points at it, so a check needs only the FHIR server to find the images.
 """
 
@@ -78,20 +78,26 @@ def link_endpoint(bundle: dict[str, Any], dicomweb_url: str) -> dict[str, Any]:
 
 
 def run_load(
-    *, settings: ServerSettings, data: Path, link_endpoints: bool = False, progress: bool = True
+    *, settings: ServerSettings, data: Path, endpoint: str | None = None, progress: bool = True
 ) -> LoadReport:
-    """Load every Bundle under ``data/bundles`` and every DICOM file under ``data/dicom``."""
+    """Load every Bundle under ``data/bundles`` and every DICOM file under ``data/dicom``.
+
+    With ``endpoint`` (a DICOMweb base URL) the Bundles get an Endpoint with that
+    address and every ImagingStudy points at it.
+    """
     if settings.fhir_url is None and settings.dicomweb_url is None:
         raise UsageError("nothing to load into: give --fhir URL and/or --dicomweb URL")
-    if link_endpoints and settings.dicomweb_url is None:
-        raise UsageError("--link-endpoint needs --dicomweb URL")
+    if endpoint is not None and settings.fhir_url is None:
+        raise UsageError("--link-endpoint needs --fhir URL")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise UsageError("--link-endpoint takes the DICOMweb base URL (http:// or https://)")
     bundle_files = sorted((data / "bundles").glob("*.json"))
     dicom_files = sorted(p for p in (data / "dicom").rglob("*") if p.is_file())
     if not bundle_files and not dicom_files:
         raise NoInputFound(f"{data}: no bundles/*.json and no dicom/ files; is this a cohort folder?")
     bundles = resources = 0
     if settings.fhir_url is not None and bundle_files:
-        bundles, resources = asyncio.run(_load_bundles(settings, bundle_files, link_endpoints, progress))
+        bundles, resources = asyncio.run(_load_bundles(settings, bundle_files, endpoint, progress))
     instances = 0
     if settings.dicomweb_url is not None and dicom_files:
         with settings.dicomweb_source(settings.dicomweb_url) as pacs:
@@ -105,16 +111,15 @@ def run_load(
 
 
 async def _load_bundles(
-    settings: ServerSettings, files: list[Path], link_endpoints: bool, progress: bool
+    settings: ServerSettings, files: list[Path], endpoint: str | None, progress: bool
 ) -> tuple[int, int]:
     resources = 0
     async with settings.fhir_client() as fhir:
         await fhir.capabilities()
         for file in tqdm(files, desc="FHIR transactions", unit="bundle", disable=not progress):
             bundle = _read_bundle(file)
-            if link_endpoints:
-                assert settings.dicomweb_url is not None
-                bundle = link_endpoint(bundle, settings.dicomweb_url)
+            if endpoint is not None:
+                bundle = link_endpoint(bundle, endpoint)
             await fhir.transaction(bundle)
             resources += len(bundle.get("entry") or ())
             logger.debug("loaded %s", file.name)

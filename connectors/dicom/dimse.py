@@ -232,16 +232,22 @@ class DimseSource:
         receiver = _Receiver(folder, self.limits, study_instance_uid)
         contexts = [StudyRootQueryRetrieveInformationModelGet, *STORAGE_CLASSES]
         roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
-        with (
-            _chunked_receive(),
-            self._association(
-                contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, receiver.handle)]
-            ) as assoc,
-        ):
-            for status, _ in assoc.send_c_get(
-                _retrieve_query(study_instance_uid), StudyRootQueryRetrieveInformationModelGet
+        try:
+            with (
+                _chunked_receive(),
+                self._association(
+                    contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, receiver.handle)]
+                ) as assoc,
             ):
-                _check_retrieve_status(status, "C-GET", self.peer, study_instance_uid)
+                for status, _ in assoc.send_c_get(
+                    _retrieve_query(study_instance_uid), StudyRootQueryRetrieveInformationModelGet
+                ):
+                    _check_retrieve_status(status, "C-GET", self.peer, study_instance_uid)
+        except ServerFailed:
+            # PACSes answer a C-GET of an unknown study with a bare failure status: tell the two apart.
+            if not receiver.paths and not self.find_studies(study_instance_uid=study_instance_uid):
+                raise NoImagingFound(f"the PACS {self.peer} has no study {study_instance_uid}") from None
+            raise
         return receiver.finish()
 
     def move_study(self, study_instance_uid: str, dest: Path) -> list[Path]:

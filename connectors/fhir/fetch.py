@@ -107,7 +107,7 @@ async def fetch_record(
     except RemoteNotFound as exc:
         if exc.url and exc.url.rstrip("/").endswith(f"/Patient/{patient_id}"):
             raise RemoteNotFound(
-                f"no Patient/{patient_id} on {client.base_url}",
+                f"no Patient/{patient_id} on {client.safe_url}",
                 url=exc.url,
                 status=exc.status,
                 issues=exc.issues,
@@ -119,11 +119,11 @@ async def fetch_record(
     await _fetch_referenced(client, resources, "Device", _device_refs(resources.values()), supported)
     await _fetch_referenced(client, resources, "Endpoint", _endpoint_refs(resources.values()), supported)
     records = records_from_resources(
-        list(resources.values()), strictness=strictness, source=f"FHIR server {client.base_url}"
+        list(resources.values()), strictness=strictness, source=f"FHIR server {client.safe_url}"
     )
     record = records.get(patient_id)
     if record is None:  # the server answered with another Patient id than asked for
-        raise RemoteNotFound(f"the server returned no Patient/{patient_id}", url=f"{client.base_url}/Patient")
+        raise RemoteNotFound(f"the server returned no Patient/{patient_id}", url=f"{client.safe_url}/Patient")
     logger.debug(
         "fetched Patient/%s: %d resources in %d requests", patient_id, len(resources), client.requests - start
     )

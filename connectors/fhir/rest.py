@@ -93,6 +93,8 @@ class FhirClient:
                 f"FHIR base URL must start with http:// or https://, not {redact_url(base_url)!r}"
             )
         self.base_url = base_url.rstrip("/")
+        #: the base URL for messages and logs: without the credentials a URL may carry
+        self.safe_url = redact_url(self.base_url)
         self.retry = retry
         self.page_size = page_size
         self.requests = 0
@@ -123,16 +125,16 @@ class FhirClient:
         statement = await self._json("GET", f"{self.base_url}/metadata", what="FHIR capabilities")
         if statement.get("resourceType") != "CapabilityStatement":
             raise RequestRejected(
-                f"{self.base_url}/metadata is not a CapabilityStatement "
+                f"{self.safe_url}/metadata is not a CapabilityStatement "
                 f"(got {statement.get('resourceType')!r}); is this the FHIR base URL?",
-                url=f"{self.base_url}/metadata",
+                url=f"{self.safe_url}/metadata",
             )
         version = str(statement.get("fhirVersion") or "")
         if not version.startswith("4.0"):
             raise RequestRejected(
-                f"{self.base_url} speaks FHIR {version or 'of an unknown version'}; "
+                f"{self.safe_url} speaks FHIR {version or 'of an unknown version'}; "
                 "imaging-crosscheck needs R4 (4.0.x)",
-                url=f"{self.base_url}/metadata",
+                url=f"{self.safe_url}/metadata",
             )
         return statement
 
@@ -146,7 +148,7 @@ class FhirClient:
         if resource.get("resourceType") != resource_type:
             raise RequestRejected(
                 f"reading {resource_type}/{resource_id} returned a {resource.get('resourceType')!r}",
-                url=f"{self.base_url}/{resource_type}",
+                url=f"{self.safe_url}/{resource_type}",
             )
         return resource
 
@@ -171,7 +173,7 @@ class FhirClient:
             yield page
             if page.next_url is None:
                 return
-            url = self._same_server(page.next_url)
+            url = self.same_server(page.next_url)
             request_params = None
         raise ServerError(f"a search of {resource_type} returned more than {_MAX_PAGES} pages; stopped")
 
@@ -236,10 +238,9 @@ class FhirClient:
             )
         return body
 
-    def _same_server(self, link: str) -> str:
-        target = httpx.URL(link)
-        if not target.is_absolute_url:
-            return str(httpx.URL(self.base_url + "/").join(link))
+    def same_server(self, link: str) -> str:
+        """``link`` as an absolute URL on this server; `RequestRejected` if it points at another one."""
+        target = httpx.URL(self.base_url + "/").join(link)  # also resolves scheme-relative //host links
         if (target.scheme, target.host, target.port) != (
             self._origin.scheme,
             self._origin.host,
@@ -248,9 +249,9 @@ class FhirClient:
             raise RequestRejected(
                 f"the server's next link points at another server ({target.scheme}://{target.host}); "
                 "not following it with this server's credentials",
-                url=redact_url(link),
+                url=redact_url(target),
             )
-        return link
+        return str(target)
 
 
 def _query(params: Mapping[str, Any]) -> list[tuple[str, str]]:

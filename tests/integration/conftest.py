@@ -296,3 +296,21 @@ def loaded(cohort: Path, server_env: dict[str, str]) -> Path:
     finally:
         mp.undo()
     return cohort
+
+
+@pytest.fixture(scope="session")
+def linked_sekmet(
+    tmp_path_factory: pytest.TempPathFactory, loaded: Path, orthanc: Orthanc
+) -> Iterator[Sekmet]:
+    """A second FHIR server with the cohort, every ImagingStudy pointing at Orthanc's DICOMweb Endpoint."""
+    server = start_sekmet(tmp_path_factory.mktemp("sekmet-linked"))
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("CROSSCHECK_FHIR_TOKEN", server.token)
+        assert (
+            main(["load", str(loaded), "--fhir", server.url, "--link-endpoint", orthanc.dicomweb, "-q"]) == 0
+        )
+        yield server
+    finally:
+        mp.undo()
+        stop(server.process)
