@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # httpx logs every request URL (which can carry patient ids) at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    from connectors.privacy import quiet_third_party_loggers
+
+    quiet_third_party_loggers()  # they log query URLs and DICOM identifiers, which carry patient data
 
 
 def _one_line(exc: BaseException) -> str:

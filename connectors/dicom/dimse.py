@@ -230,8 +230,9 @@ class DimseSource:
         """C-GET the study into ``dest/<StudyInstanceUID>/``; the files written."""
         folder = _study_folder(dest, study_instance_uid)
         receiver = _Receiver(folder, self.limits, study_instance_uid)
-        contexts = [StudyRootQueryRetrieveInformationModelGet, *STORAGE_CLASSES]
-        roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
+        classes = self._sop_classes(study_instance_uid) or list(STORAGE_CLASSES)
+        contexts = [StudyRootQueryRetrieveInformationModelGet, *_storage_contexts(classes)]
+        roles = [build_role(uid, scp_role=True) for uid in classes]
         try:
             with (
                 _chunked_receive(),
@@ -244,6 +245,8 @@ class DimseSource:
                 ):
                     _check_retrieve_status(status, "C-GET", self.peer, study_instance_uid)
         except ServerFailed:
+            if receiver.over_limit:  # we refused instances past the byte limit; the PACS reports failure
+                receiver.finish()
             # PACSes answer a C-GET of an unknown study with a bare failure status: tell the two apart.
             if not receiver.paths and not self.find_studies(study_instance_uid=study_instance_uid):
                 raise NoImagingFound(f"the PACS {self.peer} has no study {study_instance_uid}") from None
@@ -281,11 +284,33 @@ class DimseSource:
                         StudyRootQueryRetrieveInformationModelMove,
                     ):
                         _check_retrieve_status(status, "C-MOVE", self.peer, study_instance_uid)
+            except ServerFailed:
+                if receiver.over_limit:
+                    receiver.finish()
+                raise
             finally:
                 server.shutdown()
         return receiver.finish()
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _sop_classes(self, study_instance_uid: str) -> list[str]:
+        """The SOP classes in the study (C-FIND at SERIES then IMAGE level); empty if the PACS won't say."""
+        classes: dict[str, None] = {}
+        try:
+            for series in self.find_series(study_instance_uid):
+                query = Dataset()
+                query.QueryRetrieveLevel = "IMAGE"
+                query.StudyInstanceUID = study_instance_uid
+                query.SeriesInstanceUID = series.SeriesInstanceUID
+                query.SOPInstanceUID = ""
+                query.SOPClassUID = ""
+                for identifier in self._find(query):
+                    if identifier.get("SOPClassUID"):
+                        classes.setdefault(str(identifier.SOPClassUID), None)
+        except ServerFailed:
+            return []
+        return list(classes)
 
     def _find(self, query: Dataset) -> Iterator[Dataset]:
         found = []
@@ -306,7 +331,10 @@ class DimseSource:
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         for context in contexts:
-            ae.add_requested_context(context, list(TRANSFER_SYNTAXES) if isinstance(context, str) else None)
+            if isinstance(context, tuple):  # (abstract syntax, transfer syntaxes)
+                ae.add_requested_context(context[0], list(context[1]))
+            else:
+                ae.add_requested_context(context, list(TRANSFER_SYNTAXES))
         try:
             assoc = ae.associate(
                 self.peer.host,
@@ -396,6 +424,28 @@ class _chunked_receive:
     def __exit__(self, *exc: object) -> None:
         _config.STORE_RECV_CHUNKED_DATASET = self._saved
         self._lock.release()
+
+
+def _storage_contexts(classes: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """Presentation contexts for receiving ``classes`` by C-GET.
+
+    The acceptor of an association picks one transfer syntax per context, so a
+    context offering all syntaxes gets whatever the PACS picks first and the PACS
+    transcodes to it (lossy for lossy images). One context per (class, syntax)
+    lets it send each instance as stored; past the limit of 128 contexts the
+    remaining classes get one context with every syntax.
+    """
+    contexts: list[tuple[str, tuple[str, ...]]] = []
+    budget = 127  # one is the query/retrieve context
+    for n, uid in enumerate(classes):
+        left_classes = len(classes) - n
+        if budget - len(TRANSFER_SYNTAXES) >= left_classes - 1:
+            contexts.extend((uid, (ts,)) for ts in TRANSFER_SYNTAXES)
+            budget -= len(TRANSFER_SYNTAXES)
+        elif budget > 0:
+            contexts.append((uid, TRANSFER_SYNTAXES))
+            budget -= 1
+    return contexts
 
 
 def _retrieve_query(study_instance_uid: str) -> Dataset:

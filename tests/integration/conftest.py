@@ -304,13 +304,23 @@ def linked_sekmet(
 ) -> Iterator[Sekmet]:
     """A second FHIR server with the cohort, every ImagingStudy pointing at Orthanc's DICOMweb Endpoint."""
     server = start_sekmet(tmp_path_factory.mktemp("sekmet-linked"))
-    mp = pytest.MonkeyPatch()
     try:
-        mp.setenv("CROSSCHECK_FHIR_TOKEN", server.token)
         assert (
-            main(["load", str(loaded), "--fhir", server.url, "--link-endpoint", orthanc.dicomweb, "-q"]) == 0
+            main(
+                [
+                    "load",
+                    str(loaded),
+                    "--fhir",
+                    server.url,
+                    "--fhir-token",
+                    server.token,
+                    "--link-endpoint",
+                    orthanc.dicomweb,
+                    "-q",
+                ]
+            )
+            == 0
         )
         yield server
     finally:
-        mp.undo()
         stop(server.process)

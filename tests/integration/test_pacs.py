@@ -6,6 +6,7 @@ import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -264,3 +265,69 @@ def test_images_found_through_the_imaging_study_endpoint(linked_sekmet, loaded, 
     got, want = sorted(from_endpoint, key=key), sorted(from_files, key=key)
     assert [r["case"] for r in got] == [r["case"] for r in want]
     assert got == want
+
+
+# -- transfer syntaxes through the PACS -----------------------------------------------------------------
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+SYNTAX_FILES = [
+    "MR_small_RLE.dcm",  # RLE Lossless
+    "MR_small_jp2klossless.dcm",  # JPEG 2000 Lossless
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS Lossless
+    "JPEGLSNearLossless_08.dcm",  # JPEG-LS Near-lossless
+    "SC_rgb_jpeg_gdcm.dcm",  # JPEG Lossless SV1
+    "JPGExtended.dcm",  # JPEG Extended
+    "JPEG2000.dcm",  # JPEG 2000
+    "SC_rgb_dcmtk_+eb+cr.dcm",  # JPEG Baseline
+    "examples_ybr_color.dcm",  # JPEG Baseline, 30 frames
+    "image_dfl.dcm",  # Deflated Explicit VR Little Endian
+    "CT_small.dcm",  # Explicit VR Little Endian, CT in HU
+]
+
+
+@pytest.fixture(scope="module")
+def stored_syntaxes(orthanc, tmp_path_factory) -> dict[str, Path]:
+    """pydicom's test files of each transfer syntax, given fresh UIDs (several share theirs, one has
+    none), and stored on the PACS over STOW-RS; pixel data and transfer syntax untouched."""
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path_factory.mktemp("syntaxes")
+    copies = {}
+    for name in SYNTAX_FILES:
+        source = TEST_FILES / name
+        assert source.is_file(), f"pydicom's test data lacks {name}"
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = ds.get("PatientID") or "SYNTAX-TEST"
+        ds.save_as(folder / name, enforce_file_format=True)
+        copies[name] = folder / name
+    with _web(orthanc) as pacs:
+        assert pacs.store(list(copies.values())) == len(copies)
+    return copies
+
+
+@pytest.mark.parametrize("name", SYNTAX_FILES)
+@pytest.mark.parametrize("via", ["dicomweb", "dimse"])
+def test_every_transfer_syntax_survives_the_pacs(stored_syntaxes, orthanc, tmp_path, name, via):
+    from connectors import read_dicom
+
+    copy = stored_syntaxes[name]
+    header = pydicom.dcmread(copy, stop_before_pixels=True)
+    source = _web(orthanc) if via == "dicomweb" else _dimse(orthanc)
+    (path,) = source.download_study(header.StudyInstanceUID, tmp_path)
+    (fetched,) = read_dicom(path)
+    (local,) = read_dicom(copy)
+    assert fetched.instances[0].sop_instance_uid == header.SOPInstanceUID
+    # sent as stored, never transcoded on the way
+    assert (
+        pydicom.dcmread(path).file_meta.TransferSyntaxUID == pydicom.dcmread(copy).file_meta.TransferSyntaxUID
+    )
+    np.testing.assert_array_equal(fetched.instances[0].pixels(), local.instances[0].pixels())
+
+
+def test_dimse_retrieval_stops_at_the_byte_limit(loaded, orthanc, tmp_path):
+    case = _first_case(loaded)
+    pacs = _dimse(orthanc, limits=DicomLimits(max_bytes_per_study=1000))
+    with pytest.raises(PixelDataTooLarge, match="max_bytes_per_study"):
+        pacs.get_study(case["study_instance_uid"], tmp_path)
