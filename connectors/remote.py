@@ -172,12 +172,14 @@ def study_uids_for(
     ids: Sequence[str] = [dicom_patient_id] if dicom_patient_id else []
     if record is not None:
         ids = sorted({i.value for i in record.patient.identifiers if i.value})
-        for study in record.imaging_studies:
-            if study.study_instance_uid and source.find_studies(study_instance_uid=study.study_instance_uid):
-                wanted.setdefault(study.study_instance_uid, None)
     for value in ids:
         for ref in source.find_studies(patient_id=value):
             wanted.setdefault(ref.study_instance_uid, None)
+    if record is not None:  # studies the record names but the PACS files under another PatientID
+        for study in record.imaging_studies:
+            uid = study.study_instance_uid
+            if uid and uid not in wanted and source.find_studies(study_instance_uid=uid):
+                wanted.setdefault(uid, None)
     return list(wanted)
 
 

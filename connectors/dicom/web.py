@@ -180,7 +180,11 @@ class DicomWebSource:
         found = self._call(
             "QIDO-RS study search",
             lambda: self._client.search_for_studies(
-                search_filters=filters, fields=fields, limit=limit, get_remaining=limit is None
+                search_filters=filters,
+                fields=fields,
+                limit=limit,
+                # a UID matches at most one study: no need for the extra request that finds the end
+                get_remaining=limit is None and study_instance_uid is None,
             ),
         )
         return [StudyRef.from_dataset(metadata_dataset(item)) for item in found]
@@ -246,26 +250,41 @@ class DicomWebSource:
         """Write every instance of the study under ``dest/<StudyInstanceUID>/``; their paths.
 
         Headers are read (or taken from ``metadata``) and checked against the
-        limits first; each instance is then streamed to its own file.
+        limits first; then each series is retrieved in one request, its
+        multipart response streamed part by part into one file per instance.
         """
         metadata = list(metadata) if metadata is not None else self.study_metadata(study_instance_uid)
         self.check_limits(metadata, study_instance_uid)
         folder = dest / _safe(study_instance_uid)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        expected: dict[str, set[str]] = {}
         for ds in metadata:
             series_uid, sop_uid = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
-            if not series_uid or not sop_uid:
-                continue
-            path = folder / f"{_safe(sop_uid)}.dcm"
-            self.download_instance(study_instance_uid, series_uid, sop_uid, path)
-            paths.append(path)
+            if series_uid and sop_uid:
+                expected.setdefault(series_uid, set()).add(sop_uid)
+        paths: list[Path] = []
+        for series_uid, sops in expected.items():
+            url = f"{self.url}/studies/{study_instance_uid}/series/{series_uid}"
+            got = self._stream_parts(url, folder, "WADO-RS series retrieval")
+            missing = sops - set(got)
+            if missing:
+                raise ServerError(
+                    f"WADO-RS: series {series_uid} came without {len(missing)} of its {len(sops)} instances",
+                    url=redact_url(url),
+                )
+            paths.extend(got[sop] for sop in sorted(sops))
         return paths
 
     def download_instance(self, study_uid: str, series_uid: str, sop_uid: str, path: Path) -> Path:
         """Stream one instance (as stored, any transfer syntax) into ``path``."""
         url = f"{self.url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-        what = "WADO-RS instance retrieval"
+        got = self._stream_parts(url, path.parent, "WADO-RS instance retrieval")
+        if sop_uid not in got:
+            raise ServerError(f"WADO-RS: the PACS sent no instance {sop_uid}", url=redact_url(url))
+        return got[sop_uid].replace(path) if got[sop_uid] != path else path
+
+    def _stream_parts(self, url: str, folder: Path, what: str) -> dict[str, Path]:
+        """GET ``url`` as multipart/related DICOM; each part to ``folder/<SOPInstanceUID>.dcm``."""
         try:
             response = self._session.get(
                 url,
@@ -278,22 +297,16 @@ class DicomWebSource:
         with response:
             if response.status_code >= 400:
                 raise _status_error(response, what)
-            content_type = response.headers.get("Content-Type", "")
-            tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".part-", delete=False)
+            writer = _PartWriter(folder)
             try:
-                with tmp:
-                    written = _write_body(response.iter_content(_CHUNK), content_type, tmp)
-                if written == 0:
-                    raise ServerError(
-                        f"{what}: the PACS sent an empty instance {sop_uid}", url=redact_url(url)
-                    )
-                os.replace(tmp.name, path)
+                _split_parts(response.iter_content(_CHUNK), response.headers.get("Content-Type", ""), writer)
             except requests.RequestException as exc:
+                writer.discard()
                 raise _transport_error(exc, what, url) from None
-            finally:
-                if os.path.exists(tmp.name):
-                    os.unlink(tmp.name)
-        return path
+            except Exception:
+                writer.discard()
+                raise
+        return writer.finish(what, url)
 
     def frames(
         self,
@@ -357,30 +370,81 @@ class DicomWebSource:
             raise
 
 
-def _write_body(chunks: Iterator[bytes], content_type: str, out: Any) -> int:
-    """Write the first part of a multipart/related body (or a plain body) to ``out``; bytes written."""
-    written = 0
+class _PartWriter:
+    """Writes each multipart part to a temporary file, then names it after its SOPInstanceUID."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.current: Any = None
+        self.parts: list[Path] = []
+
+    def begin(self) -> None:
+        self.end()
+        self.current = tempfile.NamedTemporaryFile(
+            dir=self.folder, prefix=".part-", suffix=".dcm", delete=False
+        )
+
+    def write(self, data: bytes) -> None:
+        if self.current is None:  # a plain (non-multipart) body is one part
+            self.begin()
+        self.current.write(data)
+
+    def end(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.parts.append(Path(self.current.name))
+            self.current = None
+
+    def discard(self) -> None:
+        self.end()
+        for part in self.parts:
+            part.unlink(missing_ok=True)
+        self.parts = []
+
+    def finish(self, what: str, url: str) -> dict[str, Path]:
+        self.end()
+        named: dict[str, Path] = {}
+        try:
+            for part in self.parts:
+                if part.stat().st_size == 0:
+                    raise ServerError(f"{what}: the PACS sent an empty part", url=redact_url(url))
+                try:
+                    sop_uid = str(
+                        pydicom.dcmread(
+                            part, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                        ).SOPInstanceUID
+                    )
+                except Exception:  # pydicom raises several kinds for a broken file
+                    raise ServerError(
+                        f"{what}: the PACS sent a part that is not DICOM", url=redact_url(url)
+                    ) from None
+                target = self.folder / f"{_safe(sop_uid)}.dcm"
+                os.replace(part, target)
+                named[sop_uid] = target
+        finally:
+            for part in self.parts:
+                part.unlink(missing_ok=True)
+        return named
+
+
+def _split_parts(chunks: Iterator[bytes], content_type: str, writer: _PartWriter) -> None:
+    """Feed a multipart/related body (or a plain body) into ``writer``, part by part."""
     boundary = _boundary(content_type)
     if boundary is None:
         for chunk in chunks:
-            out.write(chunk)
-            written += len(chunk)
-        return written
-    state = {"part": 0, "written": 0}
-
-    def on_part_begin() -> None:
-        state["part"] += 1
+            writer.write(chunk)
+        writer.end()
+        return
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["part"] == 1:
-            out.write(data[start:end])
-            state["written"] += end - start
+        writer.write(data[start:end])
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_part_data": on_part_data})
+    parser = MultipartParser(
+        boundary, {"on_part_begin": writer.begin, "on_part_data": on_part_data, "on_part_end": writer.end}
+    )
     for chunk in chunks:
         parser.write(chunk)
     parser.finalize()
-    return state["written"]
 
 
 def _boundary(content_type: str) -> str | None:

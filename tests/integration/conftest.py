@@ -1,231 +1,34 @@
-"""Real servers for the integration tests: Orthanc (PACS) and sekmet-fhir (FHIR R4).
+"""Session fixtures: a real Orthanc and a real sekmet-fhir, loaded with a small simulated cohort.
 
-Each is started once per session as our own process on free loopback ports with
-its own storage folder and configuration, with authentication on, waited for until
-it answers, and ended by its PID. A server that cannot start is a test failure,
-never a skip. Both are loaded with a small simulated cohort through
-``crosscheck load``.
+A server that cannot start is a test failure, never a skip (CI installs both).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import signal
-import socket
-import subprocess
+import importlib.util
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from plugin.cli import main
 
-ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
-ORTHANC_USER = ("crosscheck", "orthanc-test-password")
-FHIR_USER = ("crosscheck", "fhir-test-password")
-FHIR_TOKEN = "fhir-test-bearer-token"
+
+def _load_servers():  # a plain module beside this file, shared with bench/bench_assemble.py
+    name = "crosscheck_test_servers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("servers.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Orthanc:
-    process: subprocess.Popen[bytes]
-    http_port: int
-    dicom_port: int
-    aet: str
-    folder: Path
-    storage_port: int  # our C-MOVE storage SCP, registered on Orthanc as CROSSCHECK
-    user: tuple[str, str] = ORTHANC_USER
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.url}/dicom-web"
-
-
-@dataclass
-class Sekmet:
-    process: subprocess.Popen[bytes]
-    port: int
-    folder: Path
-    smart_key: Path  # RS384 private key of SMART client "crosscheck-rs"
-    smart_key_es: Path  # ES384 private key of SMART client "crosscheck-es"
-    user: tuple[str, str] = FHIR_USER
-    token: str = FHIR_TOKEN
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-
-def start_orthanc(folder: Path) -> Orthanc:
-    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    if not Path(binary).exists():
-        raise RuntimeError("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb orthanc-gdcm)")
-    http_port, dicom_port, storage_port = free_port(), free_port(), free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "Name": "crosscheck-test",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {ORTHANC_USER[0]: ORTHANC_USER[1]},
-        "Plugins": [
-            str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so"),
-            str(ORTHANC_PLUGINS / "libOrthancGdcm.so"),
-        ],
-        "DicomWeb": {
-            "Enable": True,
-            "Root": "/dicom-web/",
-            "EnableWado": True,
-            "StudiesMetadata": "Full",
-            "SeriesMetadata": "Full",
-        },
-        "Gdcm": {"Enable": True},
-        "DicomModalities": {
-            "crosscheck": {
-                "AET": "CROSSCHECK",
-                "Host": "127.0.0.1",
-                "Port": storage_port,
-                "AllowEcho": True,
-                "AllowFind": True,
-                "AllowGet": True,
-                "AllowMove": True,
-                "AllowStore": True,
-            }
-        },
-        "DicomAlwaysAllowEcho": False,
-        "DicomAlwaysAllowStore": False,
-        "DicomCheckCalledAet": True,
-        "DicomCheckModalityHost": False,
-        "StableAge": 1,
-        "HttpTimeout": 60,
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=folder
-    )
-    server = Orthanc(process, http_port, dicom_port, "ORTHANC", folder, storage_port)
-    _wait(
-        lambda: httpx.get(f"{server.url}/system", auth=ORTHANC_USER, timeout=2).status_code == 200,
-        process,
-        folder / "orthanc.log",
-        "Orthanc",
-    )
-    return server
-
-
-def start_sekmet(folder: Path) -> Sekmet:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-
-    binary = Path(sys.executable).with_name("sekmet")
-    if not binary.exists():
-        raise RuntimeError("sekmet-fhir is not installed (pip install sekmet-fhir)")
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ec_key = ec.generate_private_key(ec.SECP384R1())
-    keys = {}
-    for name, key in (("rs", rsa_key), ("es", ec_key)):
-        path = folder / f"smart-{name}.pem"
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        keys[name] = path
-    rs_jwk = json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key()))
-    es_jwk = json.loads(ECAlgorithm.to_jwk(ec_key.public_key()))
-    rs_jwk.update(kid="crosscheck-rs-1", alg="RS384")
-    es_jwk.update(kid="crosscheck-es-1", alg="ES384")
-    base = f"http://127.0.0.1:{port}/fhir"
-    settings = {
-        "base_url": base,
-        "host": "127.0.0.1",
-        "port": port,
-        "data_dir": str(folder / "data"),
-        "simulator": {"enabled": False},
-        "log_inbound": False,
-        "server_auth": {
-            "types": ["basic", "bearer", "smart"],
-            "users": {FHIR_USER[0]: FHIR_USER[1]},
-            "tokens": [FHIR_TOKEN],
-            "smart_clients": [
-                {"client_id": "crosscheck-rs", "jwks": {"keys": [rs_jwk]}, "scopes": "system/*.*"},
-                {"client_id": "crosscheck-es", "jwks": {"keys": [es_jwk]}, "scopes": "system/*.read"},
-            ],
-        },
-    }
-    (folder / "settings.yaml").write_text(json.dumps(settings))  # JSON is YAML
-    log = (folder / "sekmet.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), "serve", "-c", str(folder / "settings.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-    )
-    server = Sekmet(process, port, folder, keys["rs"], keys["es"])
-    _wait(
-        lambda: httpx.get(f"{base}/metadata", timeout=2).status_code == 200,
-        process,
-        folder / "sekmet.log",
-        "sekmet-fhir",
-    )
-    return server
-
-
-def stop(process: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
-    """SIGTERM, wait, SIGKILL if needed; by PID only."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def _wait(
-    ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, name: str, timeout: float = 60.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{name} exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
-            )
-        try:
-            if ready():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    stop(process)
-    raise RuntimeError(
-        f"{name} did not answer within {timeout:.0f} s: {log.read_text(errors='replace')[-2000:]}"
-    )
-
+servers = _load_servers()
+Orthanc, Sekmet = servers.Orthanc, servers.Sekmet
+start_orthanc, start_sekmet, stop = servers.start_orthanc, servers.start_sekmet, servers.stop
 
 # -- fixtures -------------------------------------------------------------------------------------
 
