@@ -298,3 +298,19 @@ def test_export_cli_writes_ndjson(loaded, sekmet, tmp_path, monkeypatch, capsys)
     assert main(["export", "--fhir", sekmet.url, "--out", str(out), "--type", "Patient,Observation"]) == 0
     assert "exported" in capsys.readouterr().out
     assert sorted({p.name.split(".")[0] for p in out.glob("*.ndjson")}) == ["Observation", "Patient"]
+
+
+def test_include_and_revinclude(loaded, sekmet):
+    async def go() -> tuple[list[dict], list[dict]]:
+        async with FhirClient(sekmet.url, credentials=_basic(sekmet)) as fhir:
+            rev = await fhir.search_all(
+                "Patient", {"_id": "pat-000000", "_revinclude": "ImagingStudy:patient"}
+            )
+            inc = await fhir.search_all(
+                "ImagingStudy", {"patient": "pat-000000", "_include": "ImagingStudy:basedon"}
+            )
+            return rev, inc
+
+    rev, inc = _run(go())
+    assert {r["resourceType"] for r in rev} == {"Patient", "ImagingStudy"}
+    assert {r["resourceType"] for r in inc} == {"ImagingStudy", "ServiceRequest"}

@@ -1,6 +1,9 @@
 """The session's servers answer, with authentication on."""
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
 
 
 def test_orthanc_requires_credentials(orthanc):
