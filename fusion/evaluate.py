@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "DetectionFigures",
     "EvaluationReport",
     "KindFigures",
+    "ScorePoint",
     "auroc",
     "detection_figures",
     "evaluate",
@@ -61,9 +62,15 @@ class EvaluationReport:
     ece_consistency: float | None
     ece_synthetic: float | None
     ece_overall: float | None
+    counts_by_family: dict[str, int] = field(default_factory=dict)  # manipulated cases per generator family
+    auroc_by_family: dict[str, float | None] = field(default_factory=dict)  # overall, family vs clean
+    #: one per case, for plots: (kind or "clean", family, overall, consistency, synthetic, consistency target)
+    points: tuple[ScorePoint, ...] = field(default=(), repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("points")
+        return data
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -86,6 +93,19 @@ class EvaluationReport:
                     f"| {kind} | {n} | {f(self.auroc_overall.get(kind))} "
                     f"| {f(self.detection_rate.get(kind))} |"
                 )
+        if self.counts_by_family:
+            family_rows = [
+                f"| {family} | {n} | {f(self.auroc_by_family.get(family))} |"
+                for family, n in sorted(self.counts_by_family.items())
+            ]
+            lines_family = [
+                "",
+                "| generator family | n | AUROC overall vs clean |",
+                "|---|---:|---:|",
+                *family_rows,
+            ]
+        else:
+            lines_family = []
         lines += [
             f"| all manipulated | {sum(n for k, n in self.counts.items() if k != 'clean')} | "
             f"{f(self.auroc_overall.get('all'))} | - |",
@@ -94,8 +114,22 @@ class EvaluationReport:
             f"- AUROC synthetic head (pixel kinds vs clean): {f(self.auroc_synthetic)}",
             f"- expected calibration error (15 bins): consistency {f(self.ece_consistency)}, "
             f"synthetic {f(self.ece_synthetic)}, overall {f(self.ece_overall)}",
+            *lines_family,
         ]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """One scored case, as the plots need it."""
+
+    kind: str  # "clean" or the manipulation
+    family: str | None
+    overall: float
+    consistency: float | None
+    synthetic: float | None
+    consistency_target: float | None
+    synthetic_target: float
 
 
 @dataclass(frozen=True)
@@ -222,6 +256,23 @@ def evaluate(
             if lc.manipulation is None or lc.synthetic_target == 1.0:
                 s_auc[0].append(lc.synthetic_target)
                 s_auc[1].append(r.scores.synthetic)
+    by_family: dict[str, list[float]] = {}
+    for lc, r in zip(labelled_cases, results, strict=True):
+        if lc.family is not None and lc.manipulation is not None:
+            by_family.setdefault(lc.family, []).append(r.scores.overall)
+    clean_overall = list(overall[clean])
+    points = tuple(
+        ScorePoint(
+            kind=lc.manipulation or "clean",
+            family=lc.family,
+            overall=r.scores.overall,
+            consistency=r.scores.consistency,
+            synthetic=r.scores.synthetic,
+            consistency_target=lc.consistency_target,
+            synthetic_target=lc.synthetic_target,
+        )
+        for lc, r in zip(labelled_cases, results, strict=True)
+    )
     return EvaluationReport(
         model=scorer.model_info.name,
         sha256=scorer.model_info.sha256,
@@ -235,4 +286,10 @@ def evaluate(
         ece_consistency=expected_calibration_error(c_scores, c_labels),
         ece_synthetic=expected_calibration_error(s_scores, s_labels),
         ece_overall=expected_calibration_error(overall, ~clean),
+        counts_by_family={k: len(v) for k, v in by_family.items()},
+        auroc_by_family={
+            k: auroc([0.0] * len(clean_overall) + [1.0] * len(v), clean_overall + v)
+            for k, v in by_family.items()
+        },
+        points=points,
     )

@@ -71,11 +71,13 @@ _TOKEN_FIELDS = ("token_kind", "token_code", "token_value", "token_time", "token
 
 @dataclass(frozen=True)
 class LabelledCase:
-    """A case with what was done to it (``manipulation`` None for clean cases)."""
+    """A case with what was done to it (``manipulation`` None for clean cases) and, for pixel
+    manipulations, by which generator ``family``."""
 
     case: Case
     manipulation: str | None
     label: Literal["clean", "manipulated"]
+    family: str | None = None  # how a pixel manipulation was made (vae, gan, diffusion, copy-move ...)
 
     def __post_init__(self) -> None:
         if self.label not in ("clean", "manipulated"):

@@ -135,6 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_data=Path(args.eval_data) if args.eval_data else None,
         progress=not args.quiet,
         work=Path(args.work) if args.work else None,
+        exclude_families=tuple(f for f in (args.exclude_family or "").split(",") if f),
     )
 
 
@@ -235,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for checkpoints and caches (default: <out>-work)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the --work folder")
+    p.add_argument(
+        "--exclude-family",
+        help="leave these generator families (comma-separated, e.g. gan) out of training, "
+        "to measure detection of a family the model never saw",
+    )
 
     p = add("evaluate", _cmd_evaluate, "Evaluate a model bundle on a labelled cohort folder.")
     p.add_argument("--data", required=True, help="cohort folder with manifest labels")

@@ -40,6 +40,7 @@ class CohortEntry:
     manipulation: str | None
     kind: str | None
     detail: dict[str, Any]
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class Cohort:
                 f"{entry.dicom}: no study {entry.study_instance_uid} there, as manifest.json says there is"
             )
         cases: list[Case] = link_cases(studies, records)
-        return LabelledCase(case=cases[0], manipulation=entry.manipulation, label=entry.label)
+        return LabelledCase(
+            case=cases[0], manipulation=entry.manipulation, label=entry.label, family=entry.family
+        )
 
 
 def _label(value: object, index: int) -> Literal["clean", "manipulated"]:
@@ -103,6 +106,7 @@ def load_cohort(root: Path) -> Cohort:
                     manipulation=raw.get("manipulation"),
                     kind=raw.get("kind"),
                     detail=dict(raw.get("detail") or {}),
+                    family=raw.get("family"),
                 )
             )
         except (KeyError, TypeError) as exc:

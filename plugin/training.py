@@ -50,11 +50,20 @@ def run_train(
     eval_data: Path | None = None,
     progress: bool = True,
     work: Path | None = None,
+    exclude_families: tuple[str, ...] = (),
 ) -> int:
     if epochs < 1:
         raise TrainingDataError("--epochs must be at least 1")
     cohort = load_cohort(data)
     cases = load_labelled(cohort, progress=progress)
+    if exclude_families:
+        kept = [lc for lc in cases if lc.family not in exclude_families]
+        if len(kept) == len(cases):
+            raise TrainingDataError(
+                f"--exclude-family {','.join(exclude_families)}: no case of {data} was made by that family"
+            )
+        print(f"left out {len(cases) - len(kept)} cases made by {', '.join(exclude_families)}")
+        cases = kept
     work = work or out.with_name(out.name + "-work")
     report = train(
         cases,
@@ -94,6 +103,7 @@ def run_train(
             "utf-8",
         )
         (out / "evaluation.json").write_text(ev.dumps(), "utf-8")
+        _write_plots(ev, out, card)
         print(f"\nOn the held-out cohort {eval_data} (model + checks):")
         print(ev.to_markdown())
     return 0
@@ -116,5 +126,19 @@ def run_evaluate(
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(report.to_json(), indent=2), "utf-8")
         (out / "evaluation.md").write_text(report.to_markdown() + "\n", "utf-8")
-        print(f"\nwrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
+        _write_plots(report, out, out / "evaluation.md")
+        print(f"\nwrote {out / 'evaluation.json'}, {out / 'evaluation.md'}, roc.png and reliability.png")
     return 0
+
+
+def _write_plots(report: EvaluationReport, folder: Path, markdown: Path) -> None:
+    """ROC and reliability PNGs beside ``markdown``, which gets links to them."""
+    from fusion.plots import write_reliability_png, write_roc_png
+
+    write_roc_png(report, folder / "roc.png")
+    write_reliability_png(report, folder / "reliability.png")
+    markdown.write_text(
+        markdown.read_text("utf-8").rstrip("\n")
+        + "\n\n![ROC curves](roc.png)\n\n![Reliability diagrams](reliability.png)\n",
+        "utf-8",
+    )
