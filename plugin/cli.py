@@ -36,6 +36,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         manipulated_rate=args.manipulated_rate,
         workers=args.workers,
         progress=not args.quiet,
+        families=tuple(f for f in args.families.split(",") if f) if args.families else None,
+        nuisance_rate=args.nuisance_rate,
     )
     print(f"wrote a cohort of {args.patients} patients to {args.out} (labels in {manifest})")
     return 0
@@ -185,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same cohort")
     p.add_argument("--manipulated-rate", type=float, default=0.3, help="share of manipulated studies")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument(
+        "--families",
+        help="generator families for the pixel manipulations, comma-separated (default: every one "
+        "available): vae, gan, diffusion, blend, membrane, copy-move",
+    )
+    p.add_argument(
+        "--nuisance-rate",
+        type=float,
+        default=0.1,
+        help="share of all studies (clean ones too) re-encoded or resized (default 0.1)",
+    )
 
     p = add("check", _cmd_check, "Cross-check each DICOM study against the patient's record.")
     p.add_argument("--bundle", help="FHIR R4 Bundle (JSON) or NDJSON export with the patient's record")

@@ -152,6 +152,8 @@ class StudyPlan:
     manipulation: Manipulation | None = None
     donor_patient_id: str | None = None
     manipulated_finding: ImageFinding | None = None
+    family: str | None = None  # the generator family of a pixel manipulation (see images.families)
+    nuisance: str | None = None  # re-encoding or resizing applied to the finished pixels, any case
 
 
 @dataclass(frozen=True)

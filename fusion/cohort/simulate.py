@@ -19,7 +19,6 @@ target's task, so a cohort donor's pixels are the ones in its own study.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -59,7 +58,19 @@ _HEADER_KINDS = frozenset(
     {Manipulation.HEADER_IDENTITY, Manipulation.HEADER_DATES, Manipulation.HEADER_DEVICE}
 )
 # spawn-key streams under the cohort seed
-_S_PATIENT, _S_ASSIGN, _S_HIDDEN, _S_RENDER, _S_BUNDLE, _S_MANIP = 1, 2, 3, 4, 5, 6
+_S_PATIENT, _S_ASSIGN, _S_HIDDEN, _S_RENDER, _S_BUNDLE, _S_MANIP, _S_FAMILY, _S_NUISANCE = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+)
+
+#: (manipulation, study kind) -> the generator families that may make it in this cohort
+FamilyOptions = dict[tuple[Manipulation, StudyKind], tuple[str, ...]]
 
 
 def _seed(seed: int, *key: int) -> int:
@@ -99,16 +110,34 @@ class _Task:
 # -- deciding the manipulations (main process) ------------------------------------------
 
 
-def _eligible(
-    kind: Manipulation, scenario: PatientScenario, plan: StudyPlan, synthesizable: frozenset[StudyKind]
-) -> bool:
-    if kind is Manipulation.SYNTHETIC:
-        return plan.kind in synthesizable
+def _eligible(kind: Manipulation, scenario: PatientScenario, plan: StudyPlan, options: FamilyOptions) -> bool:
+    if kind in _PIXEL_KINDS and not options.get((kind, plan.kind)):
+        return False
     if kind is Manipulation.FINDING_REMOVED:
         return bool(plan.image_findings)
     if kind is Manipulation.FINDING_INJECTED:
         return bool(_injectable(scenario, plan))
     return True
+
+
+_PIXEL_KINDS = frozenset(
+    {Manipulation.SYNTHETIC, Manipulation.FINDING_INJECTED, Manipulation.FINDING_REMOVED}
+)
+
+
+def _family_options(families: Sequence[str] | None) -> FamilyOptions:
+    """Which families can make each pixel manipulation of each study kind: allowed and available here."""
+    from fusion.cohort.images.families import available, families_for
+
+    options: FamilyOptions = {}
+    for kind in _PIXEL_KINDS:
+        for study_kind in StudyKind:
+            options[(kind, study_kind)] = tuple(
+                f
+                for f in families_for(kind)
+                if (families is None or f in families) and available(f, study_kind)
+            )
+    return options
 
 
 def _injectable(scenario: PatientScenario, plan: StudyPlan) -> list[ClinicalCondition]:
@@ -133,9 +162,11 @@ def _assign(
     scenarios: list[PatientScenario],
     rate: float,
     kinds: Sequence[Manipulation],
-    synthesizable: frozenset[StudyKind],
+    family_options: FamilyOptions,
+    nuisance_rate: float = 0.0,
 ) -> tuple[list[PatientScenario], dict[str, _Donor]]:
-    """Set ``manipulation`` on about ``rate`` of the studies, kinds in turn."""
+    """Set ``manipulation`` on about ``rate`` of the studies, kinds in turn; the generator family of
+    each pixel manipulation; and a nuisance on about ``nuisance_rate`` of all studies."""
     slots = [(i, j) for i, s in enumerate(scenarios) for j in range(len(s.studies))]
     target_count = round(rate * len(slots)) if kinds else 0
     rng = _rng(seed, _S_ASSIGN)
@@ -149,7 +180,7 @@ def _assign(
         while cursor[kind] < len(order):
             i, j = slot = order[cursor[kind]]
             cursor[kind] += 1
-            if slot not in chosen and _eligible(kind, scenarios[i], scenarios[i].studies[j], synthesizable):
+            if slot not in chosen and _eligible(kind, scenarios[i], scenarios[i].studies[j], family_options):
                 chosen[slot] = kind
                 break
 
@@ -191,7 +222,17 @@ def _assign(
             plan = replace(plan, manipulation=kind, manipulated_finding=finding)
         else:
             plan = replace(plan, manipulation=kind)
+        if kind in _PIXEL_KINDS:
+            choices = family_options[(kind, plan.kind)]
+            plan = replace(plan, family=choices[int(_rng(seed, _S_FAMILY, i, j).integers(len(choices)))])
         plans[i][j] = plan
+    if nuisance_rate > 0:
+        from fusion.cohort.images.families import NUISANCES
+
+        for i, j in slots:
+            nrng = _rng(seed, _S_NUISANCE, i, j)
+            if nrng.random() < nuisance_rate:
+                plans[i][j] = replace(plans[i][j], nuisance=NUISANCES[int(nrng.integers(len(NUISANCES)))])
     updated = [replace(s, studies=tuple(p)) for s, p in zip(scenarios, plans, strict=True)]
     return updated, donors
 
@@ -244,16 +285,30 @@ def _run_patient(task: _Task) -> list[dict[str, Any]]:
         else:
             study = images.render_study(s, plan, render_seed)
             if kind is Manipulation.FINDING_INJECTED and plan.manipulated_finding is not None:
-                study = images.inject_finding(study, plan.manipulated_finding, manip_seed)
+                blended = images.inject_finding(study, plan.manipulated_finding, manip_seed)
+                study = images.families.regenerate_injection(
+                    plan.family or "blend", study, blended, manip_seed
+                )
                 detail = {"injected": _finding_json(plan.manipulated_finding)}
             elif kind is Manipulation.FINDING_REMOVED and plan.manipulated_finding is not None:
-                study = images.remove_finding(study, plan.manipulated_finding, manip_seed)
-                detail = {"removed": _finding_json(plan.manipulated_finding)}
+                removed, family = plan.manipulated_finding, plan.family or "membrane"
+                try:
+                    fill = images.removal_fill(family, plan.kind)
+                    study = images.remove_finding(study, removed, manip_seed, fill=fill)
+                except ValueError:  # e.g. a copy-move over an effusion too large to copy from the frame
+                    family = "membrane"
+                    study = images.remove_finding(study, removed, manip_seed)
+                plan = replace(plan, family=family)
+                detail = {"removed": _finding_json(removed)}
             elif kind is Manipulation.SYNTHETIC:
-                study = images.synthesize(study, manip_seed)
-                detail = {"generator": "default"}
+                family = plan.family or "vae"
+                study = images.synthesize(study, manip_seed, images.synthetic_generator(family, plan.kind))
+                detail = {"generator": family}
             elif kind in _HEADER_KINDS:
                 detail = {"header_tamper": kind.value}
+        if plan.nuisance is not None:
+            study = images.apply_nuisance(study, plan.nuisance, _seed(task.seed, _S_NUISANCE, number, j))
+            detail["nuisance"] = plan.nuisance
         header = kind if kind in _HEADER_KINDS else None
         images.write_study(study, s, task.site, dicom_root, header_tamper=header, seed=manip_seed)
         cases.append(
@@ -266,6 +321,8 @@ def _run_patient(task: _Task) -> list[dict[str, Any]]:
                 "dicom": (dicom_root / plan.study_instance_uid).relative_to(out).as_posix(),
                 "label": "clean" if kind is None else "manipulated",
                 "manipulation": None if kind is None else kind.value,
+                "family": plan.family,
+                "nuisance": plan.nuisance,
                 "detail": detail,
             }
         )
@@ -306,45 +363,6 @@ def _prepare(out: Path) -> None:
             (out / name).unlink(missing_ok=True)
     (out / "bundles").mkdir(parents=True, exist_ok=True)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
-
-
-def _weights_shipped(kind: StudyKind) -> bool:
-    """A cheap look for the generator's weights file, without importing torch.
-
-    Mirrors ``fusion.generators.weights_paths`` (``weights/vae-<kind>.safetensors``
-    in that package); when the file is there the real probe below decides.
-    """
-    spec = importlib.util.find_spec("fusion.generators")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    return any(
-        (Path(location) / "weights" / f"vae-{kind.value}.safetensors").is_file()
-        for location in spec.submodule_search_locations
-    )
-
-
-def _synthesizable(seed: int, scenarios: Sequence[PatientScenario]) -> frozenset[StudyKind]:
-    """The study kinds `fusion.cohort.images.synthesize` has a generator (weights) for."""
-    from fusion.cohort import images
-
-    found: set[StudyKind] = set()
-    examples = {p.kind: (s, p) for s in reversed(scenarios) for p in s.studies}
-    for kind, (scenario, plan) in sorted(examples.items()):
-        if not _weights_shipped(kind):
-            logger.debug("no generator weights for %s studies", kind.value)
-            continue
-        try:
-            try:  # an empty study: loads the generator without rendering anything
-                images.synthesize(images.RenderedStudy(plan, ()), seed)
-            except RuntimeError:
-                raise
-            except Exception:  # the generator wants frames: try it on a real rendering
-                images.synthesize(images.render_study(scenario, plan, seed), seed)
-        except RuntimeError as exc:
-            logger.debug("no generator for %s studies: %s", kind.value, exc)
-            continue
-        found.add(kind)
-    return frozenset(found)
 
 
 def _mp_context() -> BaseContext:
@@ -414,11 +432,16 @@ def simulate(
     kinds: Sequence[Manipulation | str] | None = None,
     workers: int | None = None,
     progress: bool = False,
+    families: Sequence[str] | None = None,
+    nuisance_rate: float = 0.1,
 ) -> Path:
     """Write a cohort of ``patients`` patients to ``out`` and return the manifest's path.
 
     ``manipulated_rate`` is the share of studies manipulated, ``kinds`` the
-    manipulations to use (all by default), spread evenly. ``workers`` is the
+    manipulations to use (all by default), spread evenly. ``families`` limits the
+    generator families of pixel manipulations (all available by default; see
+    `fusion.cohort.images.families`); ``nuisance_rate`` is the share of all
+    studies, clean or not, re-encoded or resized. ``workers`` is the
     number of processes (default: the CPU count; 1 runs in this process).
     Refuses (``FileExistsError``) a non-empty folder that is not a previous
     cohort; a previous cohort there is replaced.
@@ -429,6 +452,17 @@ def simulate(
     if not 0.0 <= manipulated_rate <= 1.0:
         raise ValueError(f"manipulated_rate must be within [0, 1], got {manipulated_rate}")
     chosen_kinds = [Manipulation(k) for k in (kinds if kinds is not None else list(Manipulation))]
+    if not 0.0 <= nuisance_rate <= 1.0:
+        raise ValueError(f"nuisance_rate must be within [0, 1], got {nuisance_rate}")
+    if families is not None:
+        from fusion.cohort.images.families import FAMILIES
+
+        known = {f for fs in FAMILIES.values() for f in fs}
+        unknown = sorted(set(families) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown generator families {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
     _prepare(out)
 
     site = default_site(seed)
@@ -444,7 +478,18 @@ def simulate(
 
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_workers, mp_context=_mp_context()))
         return _simulate(
-            out, patients, seed, manipulated_rate, chosen_kinds, site, scenarios, n_workers, pool, progress
+            out,
+            patients,
+            seed,
+            manipulated_rate,
+            chosen_kinds,
+            site,
+            scenarios,
+            n_workers,
+            pool,
+            progress,
+            families,
+            nuisance_rate,
         )
 
 
@@ -459,19 +504,17 @@ def _simulate(
     n_workers: int,
     pool: ProcessPoolExecutor | None,
     progress: bool,
+    families: Sequence[str] | None,
+    nuisance_rate: float,
 ) -> Path:
     skipped: list[str] = []
-    synthesizable: frozenset[StudyKind] = frozenset()
-    if Manipulation.SYNTHETIC in chosen_kinds and manipulated_rate > 0:
-        if pool is not None:
-            synthesizable = pool.submit(_synthesizable, seed, scenarios).result()
-        else:
-            synthesizable = _synthesizable(seed, scenarios)
-        if not synthesizable:  # no weights yet: a later step ships them
-            logger.warning("no generator weights: this cohort has no synthetic cases")
-            chosen_kinds.remove(Manipulation.SYNTHETIC)
-            skipped.append(Manipulation.SYNTHETIC.value)
-    scenarios, donors = _assign(seed, site, scenarios, manipulated_rate, chosen_kinds, synthesizable)
+    options = _family_options(families)
+    for kind in [k for k in chosen_kinds if k in _PIXEL_KINDS]:
+        if manipulated_rate > 0 and not any(options[(kind, sk)] for sk in StudyKind):
+            logger.warning("no generator family can make %s here: this cohort has none", kind.value)
+            chosen_kinds.remove(kind)
+            skipped.append(kind.value)
+    scenarios, donors = _assign(seed, site, scenarios, manipulated_rate, chosen_kinds, options, nuisance_rate)
 
     site_json = {
         **site.profile.to_json(),
@@ -505,6 +548,8 @@ def _simulate(
         "manipulated_rate": manipulated_rate,
         "kinds": [k.value for k in chosen_kinds],
         "skipped_kinds": skipped,
+        "families": sorted({f for fs in options.values() for f in fs}),
+        "nuisance_rate": nuisance_rate,
         "site": "site.json",
         "cases": cases,
     }

@@ -18,6 +18,7 @@ A rib fracture is pasted as a short inpainted gap in the bone at its centre.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -218,8 +219,18 @@ def inject_finding(study: RenderedStudy, finding: ImageFinding, seed: int) -> Re
     return RenderedStudy(study.plan, tuple(out))
 
 
-def remove_finding(study: RenderedStudy, finding: ImageFinding, seed: int) -> RenderedStudy:
-    """Inpaint the region of an existing ``finding`` away, in every series where it shows."""
+def remove_finding(
+    study: RenderedStudy,
+    finding: ImageFinding,
+    seed: int,
+    fill: Callable[[F32, F32, np.random.Generator], np.ndarray] | None = None,
+) -> RenderedStudy:
+    """Inpaint the region of an existing ``finding`` away, in every series where it shows.
+
+    ``fill(frame, mask, rng)`` does the hiding (``mask`` 0..1 over the lesion's
+    footprint); by default the smooth membrane fill. A ``fill`` that cannot
+    (a copy-move over a region too large to copy) raises ValueError.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for s in study.series:
@@ -237,6 +248,9 @@ def remove_finding(study: RenderedStudy, finding: ImageFinding, seed: int) -> Re
                 np.maximum(m[p.rows, p.cols], a / peak, out=m[p.rows, p.cols])
         frames = s.frames.copy()
         for i, m in masks.items():
-            frames[i] = _inpaint(frames[i], m, rng)
+            if fill is None:
+                frames[i] = _inpaint(frames[i], m, rng)
+            else:
+                frames[i] = np.asarray(fill(frames[i], m, rng), dtype=np.float32)
         out.append(replace(s, frames=frames))
     return RenderedStudy(study.plan, tuple(out))
