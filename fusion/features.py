@@ -64,6 +64,7 @@ __all__ = [  # constants (MODALITIES, NUM_TOKEN_KINDS) are importable but left o
     "CaseFeatures",
     "FeatureConfig",
     "TokenKind",
+    "central_frame",
     "extract_features",
     "hash_bucket",
     "lab_label",
@@ -312,6 +313,30 @@ def _image_views(
     elif image.shape[0] == 2:  # pragma: no cover - positions are 1 or 3
         image = np.concatenate([image, image[-1:]], axis=0)
     return image.astype(np.float32), modality, _forensic(central, crop)[None], True
+
+
+def central_frame(
+    case: Case, config: FeatureConfig
+) -> tuple[NDArray[np.float32], str, tuple[int, int]] | None:
+    """The frame the forensic branch looks at, normalised to 0..1 for display, its modality, and
+    the (top, left) of the ``forensic_crop`` window within it; None when there are no pixels."""
+    try:
+        series = _image_series(case)
+        reader = _FrameReader(series)
+        if len(reader) == 0:
+            return None
+        mod_name = modality_name(series.modality)
+        n = len(reader)
+        frame = reader.frame(
+            min(n - 1, round(0.5 * (n - 1))) if n >= 3 and mod_name in {"CT", "MR"} else n // 2
+        )
+    except Exception:  # undecodable pixels: nothing to show (the checks report it)
+        return None
+    shown = _normalise([frame], mod_name)[0]
+    h, w = frame.shape
+    crop = config.forensic_crop
+    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    return shown.astype(np.float32), mod_name, (top, left)
 
 
 def window(x: NDArray[np.float32], low: float, high: float) -> NDArray[np.float32]:

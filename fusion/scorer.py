@@ -107,6 +107,23 @@ class Scorer:
         feature_ms: Sequence[float] | None = None,
     ) -> list[CrossCheckResult]:
         """Score cases whose features are already extracted (training and evaluation reuse them)."""
+        return [result for result, _ in self._score(cases, features, feature_ms)]
+
+    def explain_many(
+        self, cases: Sequence[Case], batch_size: int = 16
+    ) -> list[tuple[CrossCheckResult, Prediction]]:
+        """Like `score_many`, with each case's `Prediction` (its tamper heatmap, for `fusion.explain`)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        out: list[tuple[CrossCheckResult, Prediction]] = []
+        for start in range(0, len(cases), batch_size):
+            chunk = list(cases[start : start + batch_size])
+            out += self._score(chunk, [self.bundle.preprocess(c) for c in chunk], None)
+        return out
+
+    def _score(
+        self, cases: Sequence[Case], features: Sequence[CaseFeatures], feature_ms: Sequence[float] | None
+    ) -> list[tuple[CrossCheckResult, Prediction]]:
         if len(cases) != len(features):
             raise ValueError("one CaseFeatures per case")
         if not cases:
@@ -124,7 +141,7 @@ class Scorer:
                 "model": model_ms,
                 "checks": checks_ms,
             }
-            out.append(self._result(case, feats, pred, findings, timings))
+            out.append((self._result(case, feats, pred, findings, timings), pred))
         return out
 
     @torch.no_grad()

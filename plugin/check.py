@@ -66,6 +66,10 @@ def format_text(result: CrossCheckResult) -> str:
     ]
     for f in result.findings:
         lines.append(f"  {f.severity.value.upper():8s} {f.code}: {f.message}")
+    if result.flagged:
+        from fusion.explain import summary
+
+        lines.append(f"  why: {summary(result)}")
     return "\n".join(lines)
 
 
@@ -87,6 +91,7 @@ def run_check(
     device: str | None = None,
     strictness: Strictness | str = Strictness.RAISE,
     out: TextIO | None = None,
+    explain: Path | None = None,
 ) -> int:
     """Score every study under ``dicom``; under ``raise`` strictness the first unusable
     resource or file stops the run with a specific error, under ``warn`` it is skipped
@@ -108,6 +113,7 @@ def run_check(
         strictness=strictness,
         output_format=output_format,
         out=out,
+        explain=explain,
     )
 
 
@@ -124,6 +130,7 @@ def run_check_remote(
     strictness: Strictness | str = Strictness.RAISE,
     keep: Path | None = None,
     out: TextIO | None = None,
+    explain: Path | None = None,
 ) -> int:
     """Score the studies of ``patient`` (FHIR Patient id; DICOM PatientID without --fhir), or ``study``,
     fetched from the FHIR server and the PACS. Images go to a temporary folder (or ``keep``)."""
@@ -145,6 +152,7 @@ def run_check_remote(
             strictness=strictness,
             output_format=output_format,
             out=out,
+            explain=explain,
         )
 
 
@@ -183,6 +191,7 @@ def _score_and_write(
     strictness: Strictness | str,
     output_format: str,
     out: TextIO | None,
+    explain: Path | None = None,
 ) -> int:
     out = out or sys.stdout
     site = load_site(site_path) if site_path is not None else None
@@ -200,5 +209,13 @@ def _score_and_write(
     loaded = load_bundle(model or default_bundle_path(), device=device)
     scorer = Scorer(loaded, site=site, hash_index=index)
     for case in cases:
-        _write(scorer.score(case), output_format, out)
+        ((result, prediction),) = scorer.explain_many([case], batch_size=1)
+        _write(result, output_format, out)
+        if explain is not None:
+            from fusion.explain import summary, write_heatmap_png
+
+            explain.mkdir(parents=True, exist_ok=True)
+            uid = case.study_instance_uid  # a UID has dots: name files by appending, not with_suffix
+            (explain / f"{uid}.txt").write_text(summary(result) + "\n", "utf-8")
+            write_heatmap_png(case, prediction.heatmap, explain / f"{uid}.png", config=loaded.config.features)
     return 0

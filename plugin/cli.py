@@ -55,6 +55,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         archive=Path(args.archive) if args.archive else None,
         model=Path(args.model) if args.model else None,
         device=args.device,
+        explain=Path(args.explain) if args.explain else None,
     )
     if remote:
         if args.dicom or args.bundle:
@@ -218,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient", help="FHIR Patient id (DICOM PatientID when there is no --fhir)")
     p.add_argument("--study", help="StudyInstanceUID: check only this study")
     p.add_argument("--keep", help="keep the fetched DICOM files in this folder")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write <StudyInstanceUID>.png (tamper heatmap over the image) and .txt (why) per study",
+    )
     add_server_arguments(p)
 
     p = add("load", _cmd_load, "Load a cohort folder into a FHIR server (transactions) and a PACS (STOW-RS).")

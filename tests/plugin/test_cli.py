@@ -150,3 +150,22 @@ def test_missing_model_bundle_is_a_clear_error(cohort: Path, tmp_path: Path) -> 
     case = _manifest(cohort)[0]
     proc = _run("check", "--dicom", str(cohort / str(case["dicom"])), "--model", str(tmp_path / "nomodel"))
     _assert_one_line_error(proc, "crosscheck train")
+
+
+def test_check_explain_writes_a_heatmap_and_a_reason_per_study(cohort, tmp_path):
+    case = json.loads((cohort / "manifest.json").read_text())["cases"][0]
+    out = tmp_path / "why"
+    proc = _run(
+        "check",
+        "--bundle",
+        str(cohort / case["bundle"]),
+        "--dicom",
+        str(cohort / case["dicom"]),
+        "--explain",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    uid = case["study_instance_uid"]
+    assert (out / f"{uid}.png").is_file() and (out / f"{uid}.png").stat().st_size > 1000
+    reason = (out / f"{uid}.txt").read_text()
+    assert reason.startswith(("Flagged for review", "Not flagged"))
