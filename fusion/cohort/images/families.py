@@ -10,9 +10,10 @@ detector can be trained without a family and tested on it (leave-one-family-out)
   (a window copied from elsewhere in the frame), ``diffusion`` (inpainted by the
   diffusion model).
 
-*Nuisances* (``reencode``: lossy JPEG 2000; ``resize``: down and up again) are
-applied to clean and manipulated studies alike, so that "was re-compressed" is
-not what a detector learns.
+*Nuisances* (``reencode``: lossy JPEG 2000; ``resize``: down and up again;
+``downsample``: a smaller matrix kept, as an export or a low-resolution
+reconstruction gives) are applied to clean and manipulated studies alike, so
+that "was re-compressed" or "is small" is not what a detector learns.
 
 A learnt family is available for a study kind when its weights ship in
 ``fusion/generators/weights/<family>-<kind>.safetensors``; `available` looks for
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fusion.cohort.images.series import RenderedStudy
 from fusion.cohort.scenario import Manipulation, StudyKind
@@ -55,7 +57,7 @@ FAMILIES: dict[Manipulation, tuple[str, ...]] = {
     Manipulation.FINDING_REMOVED: ("membrane", "copy-move", "diffusion"),
 }
 LEARNT_FAMILIES = frozenset({"vae", "gan", "diffusion"})
-NUISANCES = ("reencode", "resize")
+NUISANCES = ("reencode", "resize", "downsample")
 
 
 def families_for(manipulation: Manipulation) -> tuple[str, ...]:
@@ -171,12 +173,27 @@ def regenerate_injection(
 
 
 def apply_nuisance(study: RenderedStudy, nuisance: str, seed: int) -> RenderedStudy:
-    """Every frame of the study re-encoded or resized (see `fusion.generators.classical`)."""
+    """Every frame of the study re-encoded, resized, or down-sampled to a smaller matrix."""
     from fusion.generators.classical import reencode, resize_roundtrip
 
     if nuisance not in NUISANCES:
         raise ValueError(f"unknown nuisance {nuisance!r}; one of {', '.join(NUISANCES)}")
     rng = np.random.default_rng(seed)
+    if nuisance == "downsample":
+        factor = float(rng.uniform(0.25, 0.75))
+        out = []
+        for s in study.series:
+            h, w = s.frames.shape[1:]
+            size = (max(round(w * factor), 16), max(round(h * factor), 16))
+            frames = np.stack(
+                [
+                    np.asarray(Image.fromarray(f, mode="F").resize(size, Image.Resampling.BOX))
+                    for f in s.frames
+                ]
+            ).astype(np.float32)
+            spacing = (s.pixel_spacing[0] * h / size[1], s.pixel_spacing[1] * w / size[0])
+            out.append(replace(s, frames=frames, pixel_spacing=spacing))
+        return RenderedStudy(study.plan, tuple(out))
     if nuisance == "reencode":
         ratio = float(rng.uniform(8.0, 40.0))
         fn: Callable[[np.ndarray], np.ndarray] = lambda f: reencode(f, rng, ratio=ratio)  # noqa: E731

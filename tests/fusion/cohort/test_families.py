@@ -38,7 +38,7 @@ def test_nuisances_touch_pixels_but_not_labels(tmp_path):
     strip = lambda m: [(c["study_instance_uid"], c["manipulation"], c["family"]) for c in m["cases"]]  # noqa: E731
     assert strip(plain) == strip(noisy)
     assert all(c["nuisance"] is None for c in plain["cases"])
-    assert all(c["nuisance"] in ("reencode", "resize") for c in noisy["cases"])
+    assert all(c["nuisance"] in ("reencode", "resize", "downsample") for c in noisy["cases"])
     case = plain["cases"][0]
     a = next((tmp_path / "plain" / case["dicom"]).rglob("*.dcm"))
     b = tmp_path / "noisy" / a.relative_to(tmp_path / "plain")
