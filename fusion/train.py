@@ -646,8 +646,11 @@ def model_card(
     report: TrainReport, cases: Sequence[LabelledCase], name: str, version: str, model: CrossCheckModel
 ) -> str:
     counts: dict[str, int] = {}
+    families: dict[str, int] = {}
     for lc in cases:
         counts[lc.manipulation or "clean"] = counts.get(lc.manipulation or "clean", 0) + 1
+        if lc.family is not None:
+            families[lc.family] = families.get(lc.family, 0) + 1
     n_params = sum(p.numel() for p in model.parameters())
     cal = report.calibration
     lines = [
@@ -665,6 +668,14 @@ def model_card(
         "## Training data",
         "",
         f"- {len(cases)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        *(
+            [
+                "- generator families of the pixel manipulations: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(families.items()))
+            ]
+            if families
+            else []
+        ),
         f"- split by patient: train {report.n_train}, calibration {report.n_calibration}, "
         f"test {report.n_test}",
         f"- {report.epochs} epochs on {report.device}; final training loss "

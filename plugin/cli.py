@@ -288,10 +288,24 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (a service manager, ``kill PID``) ends a command the way Ctrl-C does: worker pools are
+    shut down and nothing keeps writing after the command has gone."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    _terminate_like_interrupt()
     from connectors.errors import ConnectorError
     from fusion.errors import FusionError
     from plugin.cohort import CohortError

@@ -14,8 +14,8 @@ EPOCHS="${EPOCHS:-30}"
 mkdir -p "$WORK"
 
 # Seeds 1 (training) and 2 (held out) are never used by the demo (20261125) or the tests.
-crosscheck simulate --out "$WORK/train" --patients 500 --seed 1 -q
-crosscheck simulate --out "$WORK/heldout" --patients 200 --seed 2 -q
+crosscheck simulate --out "$WORK/train" --patients 500 --seed 1 --nuisance-rate 0.3 -q
+crosscheck simulate --out "$WORK/heldout" --patients 200 --seed 2 --nuisance-rate 0.3 -q
 
 crosscheck train --data "$WORK/train" --eval-data "$WORK/heldout" --out fusion/bundles/default \
   --work "$WORK/train-work" --epochs "$EPOCHS" --device "$DEVICE" -q

@@ -477,6 +477,8 @@ def simulate(
             from fusion.cohort import images  # noqa: F401
 
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_workers, mp_context=_mp_context()))
+            # on an interrupt, drop the patients not started yet instead of rendering them all first
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         return _simulate(
             out,
             patients,

@@ -169,3 +169,41 @@ def test_check_explain_writes_a_heatmap_and_a_reason_per_study(cohort, tmp_path)
     assert (out / f"{uid}.png").is_file() and (out / f"{uid}.png").stat().st_size > 1000
     reason = (out / f"{uid}.txt").read_text()
     assert reason.startswith(("Flagged for review", "Not flagged"))
+
+
+def test_sigterm_stops_simulate_and_its_workers(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "cohort"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "plugin",
+            "simulate",
+            "--out",
+            str(out),
+            "--patients",
+            "60",
+            "--seed",
+            "5",
+            "--workers",
+            "2",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any((out / "bundles").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("crosscheck simulate: interrupted")
+    files = sum(1 for _ in out.rglob("*"))
+    time.sleep(3)
+    assert sum(1 for _ in out.rglob("*")) == files  # no orphaned worker keeps writing
+    assert not (out / "manifest.json").exists()
