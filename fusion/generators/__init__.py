@@ -13,18 +13,14 @@ normalisation, training summary); this module is the one place they load.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from fusion.cohort.scenario import StudyKind
-from fusion.errors import ModelBundleError
+from fusion.generators.store import family_weights_paths, read_weights
 from fusion.generators.vae import (
     ConvVae,
     GeneratorWeightsMissing,
@@ -49,13 +45,7 @@ TRAIN_COMMAND = "python -m fusion.generators.train_vae --kind {kind} --out fusio
 
 def weights_paths(kind: StudyKind | str, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
     """``(safetensors, json)`` paths of the VAE for ``kind`` (shipped dir unless ``weights_dir``)."""
-    kind = StudyKind(kind)
-    if weights_dir is None:
-        root = Path(str(resources.files("fusion.generators") / "weights"))
-    else:
-        root = Path(weights_dir)
-    stem = root / f"vae-{kind.value}"
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    return family_weights_paths("vae", kind, weights_dir)
 
 
 def load_generator(kind: StudyKind | str, weights_dir: str | Path | None = None) -> VaeGenerator:
@@ -72,35 +62,15 @@ def load_generator(kind: StudyKind | str, weights_dir: str | Path | None = None)
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(kind: StudyKind, weights_dir: str | None) -> VaeGenerator:
-    weights, meta_path = weights_paths(kind, weights_dir)
-    missing = [p for p in (weights, meta_path) if not p.is_file()]
-    if missing:
-        command = TRAIN_COMMAND.format(kind=kind.value)
-        if weights_dir is not None:
-            command = command.replace("fusion/generators/weights", weights_dir)
-        raise GeneratorWeightsMissing(
-            f"No trained VAE for {kind.value}: missing {', '.join(str(p) for p in missing)}. "
-            f"Train it with `{command}`."
-        )
-    try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        config = VaeConfig.from_dict(meta["config"])
+    def build(meta: dict[str, Any], state: dict[str, Any]) -> VaeGenerator:
+        model = ConvVae(VaeConfig.from_dict(meta["config"]))
+        model.load_state_dict(state)
+        model.requires_grad_(False)
         norm = IntensityNorm.from_dict(meta["normalisation"])
-        model = ConvVae(config)
-        model.load_state_dict(load_file(str(weights), device="cpu"))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise ModelBundleError(
-            f"VAE weights for {kind.value} in {weights.parent} are unreadable: {exc}"
-        ) from exc
-    if meta.get("kind", kind.value) != kind.value:
-        raise ModelBundleError(f"{meta_path} holds a VAE for {meta.get('kind')!r}, not {kind.value!r}")
-    model.requires_grad_(False)
-    logger.info(
-        "loaded VAE generator for %s (%d parameters)", kind.value, sum(p.numel() for p in model.parameters())
-    )
-    return VaeGenerator(
-        model, kind, norm, temperature=float(meta.get("temperature", 0.7)), training=meta.get("training")
-    )
+        temperature = float(meta.get("temperature", 0.7))
+        return VaeGenerator(model, kind, norm, temperature=temperature, training=meta.get("training"))
+
+    return read_weights("vae", "VAE", kind, weights_dir, TRAIN_COMMAND, build)
 
 
 def sample(

@@ -32,21 +32,19 @@ import shlex
 import sys
 import time
 from collections import deque
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from fusion.cohort.scenario import StudyKind
-from fusion.errors import ModelBundleError, TrainingDataError
+from fusion.errors import TrainingDataError
 from fusion.generators.diffusion import DiffusionConfig, DiffusionGenerator, DiffusionUNet, NoiseSchedule
+from fusion.generators.store import family_weights_paths, read_weights, write_weights
 from fusion.generators.train_vae import collect_frames
-from fusion.generators.vae import GeneratorWeightsMissing, IntensityNorm
+from fusion.generators.vae import IntensityNorm
 
 __all__ = [
     "TRAIN_COMMAND",
@@ -220,26 +218,13 @@ def diffusion_weights_paths(
     kind: StudyKind | str, weights_dir: str | Path | None = None
 ) -> tuple[Path, Path]:
     """``(safetensors, json)`` paths of the diffusion model of ``kind`` (shipped unless ``weights_dir``)."""
-    kind = StudyKind(kind)
-    if weights_dir is None:
-        root = Path(str(resources.files("fusion.generators") / "weights"))
-    else:
-        root = Path(weights_dir)
-    stem = root / f"diffusion-{kind.value}"
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    return family_weights_paths("diffusion", kind, weights_dir)
 
 
 def save_diffusion(gen: DiffusionGenerator, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` (float16 state dict) and ``<stem>.json``; returns both paths."""
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_name(stem.name + ".safetensors")
-    meta = stem.with_name(stem.name + ".json")
-    state = {k: v.detach().cpu().half().contiguous() for k, v in gen.model.state_dict().items()}
-    save_file(state, str(weights), metadata={"kind": gen.kind.value, "format": "pt", "family": "diffusion"})
-    meta.write_text(json.dumps(gen.metadata(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    weights.chmod(meta.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the JSON
-    return weights, meta
+    state = {k: v.half() for k, v in gen.model.state_dict().items()}
+    return write_weights(path_stem, state, gen.metadata(), kind=gen.kind, family="diffusion")
 
 
 def load_diffusion(kind: StudyKind | str, weights_dir: str | Path | None = None) -> DiffusionGenerator:
@@ -256,38 +241,14 @@ def load_diffusion(kind: StudyKind | str, weights_dir: str | Path | None = None)
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(kind: StudyKind, weights_dir: str | None) -> DiffusionGenerator:
-    weights, meta_path = diffusion_weights_paths(kind, weights_dir)
-    missing = [p for p in (weights, meta_path) if not p.is_file()]
-    if missing:
-        command = TRAIN_COMMAND.format(kind=kind.value)
-        if weights_dir is not None:
-            command = command.replace("fusion/generators/weights", weights_dir)
-        raise GeneratorWeightsMissing(
-            f"No trained diffusion model for {kind.value}: missing {', '.join(str(p) for p in missing)}. "
-            f"Train it with `{command}`."
-        )
-    try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        config = DiffusionConfig.from_dict(meta["config"])
+    def build(meta: dict[str, Any], state: dict[str, Any]) -> DiffusionGenerator:
+        model = DiffusionUNet(DiffusionConfig.from_dict(meta["config"]))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.requires_grad_(False)
         norm = IntensityNorm.from_dict(meta["normalisation"])
-        model = DiffusionUNet(config)
-        state = {k: v.float() for k, v in load_file(str(weights), device="cpu").items()}
-        model.load_state_dict(state)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise ModelBundleError(
-            f"Diffusion weights for {kind.value} in {weights.parent} are unreadable: {exc}"
-        ) from exc
-    if meta.get("kind", kind.value) != kind.value:
-        raise ModelBundleError(
-            f"{meta_path} holds a diffusion model for {meta.get('kind')!r}, not {kind.value!r}"
-        )
-    model.requires_grad_(False)
-    logger.info(
-        "loaded diffusion generator for %s (%d parameters)",
-        kind.value,
-        sum(p.numel() for p in model.parameters()),
-    )
-    return DiffusionGenerator(model, kind, norm, training=meta.get("training"))
+        return DiffusionGenerator(model, kind, norm, training=meta.get("training"))
+
+    return read_weights("diffusion", "diffusion model", kind, weights_dir, TRAIN_COMMAND, build)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,21 +40,19 @@ import logging
 import shlex
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from fusion.cohort.scenario import StudyKind
-from fusion.errors import ModelBundleError, TrainingDataError
+from fusion.errors import TrainingDataError
 from fusion.generators.gan import ConvDiscriminator, ConvGenerator, GanConfig, GanGenerator
+from fusion.generators.store import family_weights_paths, read_weights, write_weights
 from fusion.generators.train_vae import _to_unit_batch, collect_frames
-from fusion.generators.vae import GeneratorWeightsMissing, IntensityNorm
+from fusion.generators.vae import IntensityNorm
 
 __all__ = [
     "TRAIN_COMMAND",
@@ -234,26 +232,12 @@ def train_gan(
 
 def gan_weights_paths(kind: StudyKind | str, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
     """``(safetensors, json)`` paths of the GAN for ``kind`` (shipped dir unless ``weights_dir``)."""
-    kind = StudyKind(kind)
-    if weights_dir is None:
-        root = Path(str(resources.files("fusion.generators") / "weights"))
-    else:
-        root = Path(weights_dir)
-    stem = root / f"gan-{kind.value}"
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    return family_weights_paths("gan", kind, weights_dir)
 
 
 def save_gan(gen: GanGenerator, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` (generator state dict) and ``<stem>.json``; returns both paths."""
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_name(stem.name + ".safetensors")
-    meta = stem.with_name(stem.name + ".json")
-    state = {k: v.detach().cpu().contiguous() for k, v in gen.model.state_dict().items()}
-    save_file(state, str(weights), metadata={"kind": gen.kind.value, "family": "gan", "format": "pt"})
-    meta.write_text(json.dumps(gen.metadata(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    weights.chmod(meta.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the JSON
-    return weights, meta
+    return write_weights(path_stem, gen.model.state_dict(), gen.metadata(), kind=gen.kind, family="gan")
 
 
 def load_gan(kind: StudyKind | str, weights_dir: str | Path | None = None) -> GanGenerator:
@@ -270,33 +254,15 @@ def load_gan(kind: StudyKind | str, weights_dir: str | Path | None = None) -> Ga
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(kind: StudyKind, weights_dir: str | None) -> GanGenerator:
-    weights, meta_path = gan_weights_paths(kind, weights_dir)
-    missing = [p for p in (weights, meta_path) if not p.is_file()]
-    if missing:
-        command = TRAIN_COMMAND.format(kind=kind.value)
-        if weights_dir is not None:
-            command = command.replace("fusion/generators/weights", weights_dir)
-        raise GeneratorWeightsMissing(
-            f"No trained GAN for {kind.value}: missing {', '.join(str(p) for p in missing)}. "
-            f"Train it with `{command}`."
+    def build(meta: dict[str, Any], state: dict[str, Any]) -> GanGenerator:
+        model = ConvGenerator(GanConfig.from_dict(meta["config"]))
+        model.load_state_dict(state)
+        model.requires_grad_(False)
+        return GanGenerator(
+            model, kind, IntensityNorm.from_dict(meta["normalisation"]), training=meta.get("training")
         )
-    try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        config = GanConfig.from_dict(meta["config"])
-        norm = IntensityNorm.from_dict(meta["normalisation"])
-        model = ConvGenerator(config)
-        model.load_state_dict(load_file(str(weights), device="cpu"))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise ModelBundleError(
-            f"GAN weights for {kind.value} in {weights.parent} are unreadable: {exc}"
-        ) from exc
-    if meta.get("kind", kind.value) != kind.value:
-        raise ModelBundleError(f"{meta_path} holds a GAN for {meta.get('kind')!r}, not {kind.value!r}")
-    model.requires_grad_(False)
-    logger.info(
-        "loaded GAN generator for %s (%d parameters)", kind.value, sum(p.numel() for p in model.parameters())
-    )
-    return GanGenerator(model, kind, norm, training=meta.get("training"))
+
+    return read_weights("gan", "GAN", kind, weights_dir, TRAIN_COMMAND, build)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from fusion.cohort.scenario import StudyKind
 from fusion.errors import TrainingDataError
+from fusion.generators.store import write_weights
 from fusion.generators.vae import ConvVae, IntensityNorm, VaeConfig, VaeGenerator
 
 __all__ = ["collect_frames", "main", "reconstruction_loss", "save_generator", "train_vae"]
@@ -200,15 +200,7 @@ def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 def save_generator(gen: VaeGenerator, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths."""
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_name(stem.name + ".safetensors")
-    meta = stem.with_name(stem.name + ".json")
-    state = {k: v.detach().cpu().contiguous() for k, v in gen.model.state_dict().items()}
-    save_file(state, str(weights), metadata={"kind": gen.kind.value, "format": "pt"})
-    meta.write_text(json.dumps(gen.metadata(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    weights.chmod(meta.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the JSON
-    return weights, meta
+    return write_weights(path_stem, gen.model.state_dict(), gen.metadata(), kind=gen.kind, family="vae")
 
 
 def collect_frames(
