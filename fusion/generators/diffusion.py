@@ -55,7 +55,7 @@ from scipy import ndimage
 from torch import nn
 
 from fusion.cohort.scenario import StudyKind
-from fusion.generators.vae import IntensityNorm, estimate_noise_std
+from fusion.generators.vae import IntensityNorm, estimate_noise_std, resize
 
 __all__ = [
     "DiffusionConfig",
@@ -326,16 +326,6 @@ class DiffusionUNet(nn.Module):
         return out
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Area averaging when shrinking both axes (no aliasing), bilinear otherwise."""
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
-        return x
-    if size[0] <= h and size[1] <= w:
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def _check_frame(frame: np.ndarray, what: str) -> F32:
     frame = np.asarray(frame)
     if frame.ndim != 2 or min(frame.shape) < _MIN_FRAME:
@@ -458,7 +448,7 @@ class DiffusionGenerator:
     def _to_model(self, frame: F32, scale: tuple[float, float]) -> torch.Tensor:
         s = self.config.image_size
         unit = torch.from_numpy(self.norm.to_unit(frame, scale))[None, None]
-        return _resize(unit, (s, s)) * 2.0 - 1.0
+        return resize(unit, (s, s)) * 2.0 - 1.0
 
     def _from_model(self, x: torch.Tensor, shape: tuple[int, int], scale: tuple[float, float]) -> F32:
         """Model-space images (B, 1, S, S) -> physical frames (B, H, W), resized bilinearly."""
@@ -473,7 +463,7 @@ class DiffusionGenerator:
         mask covers whole, less their neighbours.
         """
         s = self.config.image_size
-        cover = _resize(torch.from_numpy(hard.astype(np.float32))[None, None], (s, s))
+        cover = resize(torch.from_numpy(hard.astype(np.float32))[None, None], (s, s))
         grown = F.max_pool2d((cover > 0.0).float(), 3, stride=1, padding=1)
         if not ring:
             return grown

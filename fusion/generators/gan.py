@@ -31,12 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fusion.cohort.scenario import StudyKind
-from fusion.generators.vae import IntensityNorm, estimate_noise_std
+from fusion.generators.vae import IntensityNorm, estimate_noise_std, resize
 
 __all__ = ["ConvDiscriminator", "ConvGenerator", "GanConfig", "GanGenerator"]
 
@@ -169,16 +168,6 @@ def _minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     return std.repeat(g)[:, None, None, None].expand(n, 1, hh, ww)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear up (the generator's native resolution is low), area averaging down."""
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
-        return x
-    if size[0] <= h and size[1] <= w:
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 class GanGenerator:
     """A trained ``ConvGenerator`` with its per-kind intensity normalisation.
 
@@ -210,7 +199,7 @@ class GanGenerator:
         """``n`` images in [0, 1] at ``shape``, latents drawn from ``rng``; (n, 1, H, W)."""
         z = torch.from_numpy(rng.standard_normal((n, self.config.latent_dim), dtype=np.float32))
         with torch.inference_mode():
-            return _resize(self.model(z), shape)
+            return resize(self.model(z), shape)
 
     def generate(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A new frame in the place of ``frame``: same shape, dtype float32, physical units.

@@ -43,6 +43,7 @@ __all__ = [
     "VaeConfig",
     "VaeGenerator",
     "estimate_noise_std",
+    "resize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class ConvVae(nn.Module):
         return self.decode(z), mean, logvar
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area averaging when shrinking both axes (no aliasing), bilinear otherwise."""
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
@@ -299,9 +300,9 @@ class VaeGenerator:
         x = torch.from_numpy(self.norm.to_unit(frame, scale))[None, None]
         eps = self._latent_noise(rng, 1)
         with torch.inference_mode():
-            mean, logvar = self.model.encode(_resize(x, (s, s)))
+            mean, logvar = self.model.encode(resize(x, (s, s)))
             z = mean + self.temperature * eps * torch.exp(0.5 * logvar)
-            y = _resize(self.model.decode(z), (frame.shape[0], frame.shape[1]))
+            y = resize(self.model.decode(z), (frame.shape[0], frame.shape[1]))
         out = self.norm.from_unit(y[0, 0].numpy(), scale)
         if self.match_noise:
             out = self._add_noise(out, estimate_noise_std(frame), rng)
@@ -329,7 +330,7 @@ class VaeGenerator:
         eps = self._latent_noise(rng, n)
         with torch.inference_mode():
             z = self.model.prior_mean + eps * self.model.prior_std
-            y = _resize(self.model.decode(z), out_shape)
+            y = resize(self.model.decode(z), out_shape)
         out = self.norm.from_unit(y[:, 0].numpy(), self.norm.reference)
         if noise_std > 0.0:
             out = out + np.float32(noise_std) * rng.standard_normal(out.shape, dtype=np.float32)
