@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from connectors.domain import Study
 from fusion.evaluate import DetectionFigures, detection_figures
+from fusion.explain import summary, write_heatmap_png
 from fusion.result import CrossCheckResult
 from fusion.scorer import Scorer
 from fusion.train import LabelledCase
@@ -77,7 +78,10 @@ def render_html(
     figures: DetectionFigures,
     title: str,
     subtitle: str,
+    heatmaps: dict[str, str] | None = None,
 ) -> str:
+    """The report: figures, then every case with its image, scores, findings and, when flagged,
+    the reason in a sentence and a link to its heatmap (``heatmaps``: StudyInstanceUID -> path)."""
     env = Environment(
         loader=PackageLoader("plugin", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
@@ -97,6 +101,8 @@ def render_html(
                 "synthetic": _fmt(res.scores.synthetic),
                 "flagged": res.flagged,
                 "findings": [{"severity": f.severity.value, "message": f.message} for f in res.findings],
+                "why": summary(res) if res.flagged else None,
+                "heatmap": (heatmaps or {}).get(res.case.study_instance_uid),
             }
         )
     model = results[0].model if results else None
@@ -179,10 +185,22 @@ def run_demo(
     index = build_hash_index(
         [c.case.study for c in cases], {c.case.study_instance_uid: c.case.patient_id for c in cases}
     )
-    scorer = Scorer(
-        load_bundle(model or default_bundle_path(), device=device), site=cohort.site, hash_index=index
-    )
-    results = [scorer.score(c.case) for c in tqdm(cases, desc="checking", disable=not progress)]
+    loaded = load_bundle(model or default_bundle_path(), device=device)
+    scorer = Scorer(loaded, site=cohort.site, hash_index=index)
+    explained = [
+        scorer.explain_many([c.case], batch_size=1)[0]
+        for c in tqdm(cases, desc="checking", disable=not progress)
+    ]
+    results = [result for result, _ in explained]
+    heatmaps: dict[str, str] = {}
+    for lc, (result, prediction) in zip(cases, explained, strict=True):
+        if result.flagged:
+            uid = result.case.study_instance_uid
+            png = write_heatmap_png(
+                lc.case, prediction.heatmap, out / "heatmaps" / f"{uid}.png", config=loaded.config.features
+            )
+            if png is not None:
+                heatmaps[uid] = png.relative_to(out).as_posix()
     figures = detection_figures(results, [c.manipulation for c in cases])
     print()
     _print_table(cases, results)
@@ -192,6 +210,7 @@ def run_demo(
         cases,
         results,
         figures,
+        heatmaps=heatmaps,
         title="demo on a simulated cohort",
         subtitle=f"{len(cases)} studies of {patients} simulated patients, seed {seed}; {seconds:.0f} s",
     )

@@ -25,3 +25,9 @@ def test_demo_prints_figures_and_writes_a_report(tmp_path: Path, capsys: pytest.
     assert html.count('src="data:image/png;base64,') == n_cases
     assert "Detection figures" in html
     assert "simulated" in html
+    # every flagged case says why in a sentence and links its heatmap, which exists
+    flagged = html.count('<span class="flag">')
+    assert html.count('<p class="why">') == flagged
+    links = re.findall(r'<a href="(heatmaps/[^"]+\.png)">heatmap</a>', html)
+    assert len(links) == flagged
+    assert all((out / link).is_file() for link in links)
