@@ -1,10 +1,16 @@
 """Generators of synthetic images: the negatives of the synthetic-image head.
 
-The first family is a small convolutional VAE (`fusion.generators.vae`),
-trained per study kind on phantom renders by `fusion.generators.train_vae`.
-Shipped weights live in ``fusion/generators/weights/`` as
-``vae-<kind>.safetensors`` (the state dict) and ``vae-<kind>.json`` (config,
-normalisation, training summary); this module is the one place they load.
+Three learnt families, each trained per study kind on the phantom renders and
+shipped in ``fusion/generators/weights/`` as ``<family>-<kind>.safetensors`` +
+``.json`` (read and written by `fusion.generators.store`):
+
+- VAE (`vae`, trained by `train_vae`; loaded here with `load_generator`);
+- GAN (`gan`, `train_gan.load_gan`);
+- diffusion (`diffusion`, `train_diffusion.load_diffusion`), which also inpaints
+  and injects lesions;
+
+and the classical ones in `classical` (copy-move, re-encoding, resizing). The
+simulator chooses among them through `fusion.cohort.images.families`.
 
     >>> gen = load_generator("chest-ct")            # doctest: +SKIP
     >>> fake = gen.generate(slice_hu, np.random.default_rng(0))  # doctest: +SKIP
