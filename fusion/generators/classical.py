@@ -24,25 +24,18 @@ from openjpeg import encode as j2k_encode  # type: ignore[attr-defined]
 from PIL import Image
 from scipy import ndimage
 
+from fusion.generators.vae import check_frame
+
 __all__ = ["copy_move_fill", "reencode", "resize_roundtrip"]
 
 F32 = NDArray[np.float32]
-
-
-def _check_frame(frame: np.ndarray) -> F32:
-    frame = np.asarray(frame)
-    if frame.ndim != 2 or min(frame.shape) < 8:
-        raise ValueError(f"expected one (H, W) frame of at least 8x8, got shape {frame.shape}")
-    if not np.all(np.isfinite(frame)):
-        raise ValueError("expected a finite frame (NaN or inf found)")
-    return frame.astype(np.float32, copy=False)
 
 
 def copy_move_fill(
     frame: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, candidates: int = 48
 ) -> F32:
     """Cover ``mask`` (bool or 0..1, same shape) with a window copied from elsewhere in the frame."""
-    frame = _check_frame(frame)
+    frame = check_frame(frame, "copy_move_fill")
     mask = np.asarray(mask)
     if mask.shape != frame.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the frame's {frame.shape}")
@@ -79,7 +72,7 @@ def copy_move_fill(
 
 def reencode(frame: np.ndarray, rng: np.random.Generator, *, ratio: float | None = None) -> F32:
     """Lossy JPEG 2000 round trip; ``ratio`` (compression ratio) drawn from 8..40 when not given."""
-    frame = _check_frame(frame)
+    frame = check_frame(frame, "reencode")
     if ratio is None:
         ratio = float(rng.uniform(8.0, 40.0))
     if ratio <= 1.0:
@@ -94,7 +87,7 @@ def reencode(frame: np.ndarray, rng: np.random.Generator, *, ratio: float | None
 
 def resize_roundtrip(frame: np.ndarray, rng: np.random.Generator, *, factor: float | None = None) -> F32:
     """Scale down by ``factor`` (0.5..0.85 when not given) averaging areas, then back up bilinearly."""
-    frame = _check_frame(frame)
+    frame = check_frame(frame, "resize_roundtrip")
     if factor is None:
         factor = float(rng.uniform(0.5, 0.85))
     if not 0.1 <= factor < 1.0:

@@ -55,7 +55,7 @@ from scipy import ndimage
 from torch import nn
 
 from fusion.cohort.scenario import StudyKind
-from fusion.generators.vae import IntensityNorm, estimate_noise_std, resize
+from fusion.generators.vae import IntensityNorm, check_frame, estimate_noise_std, resize
 
 __all__ = [
     "DiffusionConfig",
@@ -70,7 +70,6 @@ logger = logging.getLogger(__name__)
 F32 = NDArray[np.float32]
 
 _SCHEDULES = ("cosine", "linear")
-_MIN_FRAME = 8
 
 
 @dataclass(frozen=True)
@@ -326,17 +325,6 @@ class DiffusionUNet(nn.Module):
         return out
 
 
-def _check_frame(frame: np.ndarray, what: str) -> F32:
-    frame = np.asarray(frame)
-    if frame.ndim != 2 or min(frame.shape) < _MIN_FRAME:
-        raise ValueError(
-            f"{what} expects one (H, W) frame of at least {_MIN_FRAME}x{_MIN_FRAME}, got shape {frame.shape}"
-        )
-    if not np.all(np.isfinite(frame)):
-        raise ValueError(f"{what} expects a finite frame (NaN or inf found)")
-    return frame.astype(np.float32, copy=False)
-
-
 def _check_mask(mask: np.ndarray, frame: F32, what: str) -> NDArray[np.bool_]:
     mask = np.asarray(mask)
     if mask.shape != frame.shape:
@@ -496,7 +484,7 @@ class DiffusionGenerator:
         matched to the input's estimated noise std. Deterministic given the
         state of ``rng``.
         """
-        frame = _check_frame(frame, "generate")
+        frame = check_frame(frame, "generate")
         strength = self.config.strength if strength is None else float(strength)
         scale = self.norm.scale_of(frame)
         with torch.inference_mode():
@@ -528,7 +516,7 @@ class DiffusionGenerator:
         mask, falling linearly to 0 at ``config.feather + 1`` pixels from it:
         pixels that far or farther are returned exactly as they were.
         """
-        frame = _check_frame(frame, "inpaint")
+        frame = check_frame(frame, "inpaint")
         hard = _check_mask(mask, frame, "inpaint")
         scale = self.norm.scale_of(frame)
         known = self._to_model(frame, scale)
@@ -580,7 +568,7 @@ class DiffusionGenerator:
         border is the model's. Pixels ``config.feather + 1`` or more from the
         mask are returned exactly as they were.
         """
-        frame = _check_frame(frame, "inject")
+        frame = check_frame(frame, "inject")
         hard = _check_mask(mask, frame, "inject")
         if not math.isfinite(lesion_value):
             raise ValueError(f"inject expects a finite lesion_value, got {lesion_value}")

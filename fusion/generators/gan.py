@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fusion.cohort.scenario import StudyKind
-from fusion.generators.vae import IntensityNorm, estimate_noise_std, resize
+from fusion.generators.vae import IntensityNorm, add_matched_noise, check_frame, estimate_noise_std, resize
 
 __all__ = ["ConvDiscriminator", "ConvGenerator", "GanConfig", "GanGenerator"]
 
@@ -210,20 +210,12 @@ class GanGenerator:
         std matches the input's. Nothing of the input's content is kept.
         Deterministic given the state of ``rng``.
         """
-        frame = np.asarray(frame)
-        if frame.ndim != 2 or min(frame.shape) < 8:
-            raise ValueError(f"generate expects one (H, W) frame of at least 8x8, got shape {frame.shape}")
-        if not np.all(np.isfinite(frame)):
-            raise ValueError("generate expects a finite frame (NaN or inf found)")
-        frame = frame.astype(np.float32, copy=False)
+        frame = check_frame(frame, "generate")
         scale = self.norm.scale_of(frame)
         y = self._draw(rng, 1, (frame.shape[0], frame.shape[1]))
         out = self.norm.from_unit(y[0, 0].numpy(), scale)
         if self.match_noise:
-            have = estimate_noise_std(out)
-            extra = float(np.sqrt(max(estimate_noise_std(frame) ** 2 - have**2, 0.0)))
-            if extra > 0.0:
-                out = out + np.float32(extra) * rng.standard_normal(out.shape, dtype=np.float32)
+            out = add_matched_noise(out, estimate_noise_std(frame), rng)
         return out.astype(np.float32, copy=False)
 
     def sample(

@@ -43,7 +43,7 @@ from fusion.cohort.scenario import StudyKind
 from fusion.errors import TrainingDataError
 from fusion.generators.diffusion import DiffusionConfig, DiffusionGenerator, DiffusionUNet, NoiseSchedule
 from fusion.generators.store import family_weights_paths, read_weights, write_weights
-from fusion.generators.train_vae import collect_frames
+from fusion.generators.train_vae import collect_frames, unit_batch
 from fusion.generators.vae import IntensityNorm
 
 __all__ = [
@@ -62,21 +62,6 @@ TRAIN_COMMAND = "python -m fusion.generators.train_diffusion --kind {kind} --out
 _DEFAULT_STUDIES = {StudyKind.CHEST_DX: 300, StudyKind.CHEST_CT: 80, StudyKind.BRAIN_MR: 80}
 _DEFAULT_STEPS = {StudyKind.CHEST_DX: 1000, StudyKind.CHEST_CT: 1000, StudyKind.BRAIN_MR: 1000}
 _EVAL_STEPS = (50, 200, 400, 600, 800, 950)  # fixed noise levels of the validation loss (of 1000)
-
-
-def _to_model_batch(frames: np.ndarray, norm: IntensityNorm, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Frames (N, H, W) physical -> (N, 1, size, size) in [-1, 1] (area resize), and the (N, 2) scales."""
-    out = torch.empty((len(frames), 1, size, size), dtype=torch.float32)
-    scales = np.empty((len(frames), 2), dtype=np.float64)
-    for i, frame in enumerate(frames):
-        scale = norm.scale_of(frame)
-        scales[i] = scale
-        x = torch.from_numpy(norm.to_unit(frame, scale))[None, None]
-        if tuple(x.shape[-2:]) != (size, size):
-            shrink = x.shape[-2] >= size and x.shape[-1] >= size
-            x = F.interpolate(x, size=(size, size), mode="area" if shrink else "bilinear")
-        out[i] = x[0] * 2.0 - 1.0
-    return out, scales
 
 
 @torch.no_grad()
@@ -141,10 +126,8 @@ def train_diffusion(
     rng = np.random.default_rng(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed)
 
-    norm = IntensityNorm.for_kind(kind)
-    data, scales = _to_model_batch(frames, norm, config.image_size)
-    if norm.mode == "percentile":
-        norm = norm.with_reference((float(np.median(scales[:, 0])), float(np.median(scales[:, 1]))))
+    unit, norm = unit_batch(frames, StudyKind(kind), config.image_size)
+    data = unit * 2.0 - 1.0  # the UNet works in [-1, 1]
     order = rng.permutation(len(data))
     n_val = round(len(data) * val_fraction) if len(data) >= 10 else 0
     val, train = data[order[:n_val]], data[order[n_val:]]

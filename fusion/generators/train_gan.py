@@ -51,7 +51,7 @@ from fusion.cohort.scenario import StudyKind
 from fusion.errors import TrainingDataError
 from fusion.generators.gan import ConvDiscriminator, ConvGenerator, GanConfig, GanGenerator
 from fusion.generators.store import family_weights_paths, read_weights, write_weights
-from fusion.generators.train_vae import _to_unit_batch, collect_frames
+from fusion.generators.train_vae import collect_frames, unit_batch
 from fusion.generators.vae import IntensityNorm
 
 __all__ = [
@@ -161,10 +161,7 @@ def train_gan(
     rng = np.random.default_rng(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed)
 
-    norm = IntensityNorm.for_kind(kind)
-    data, scales = _to_unit_batch(frames, norm, config.image_size)
-    if norm.mode == "percentile":
-        norm = norm.with_reference((float(np.median(scales[:, 0])), float(np.median(scales[:, 1]))))
+    data, norm = unit_batch(frames, StudyKind(kind), config.image_size)
     data = data.to(dev)
 
     model = ConvGenerator(config).to(dev)

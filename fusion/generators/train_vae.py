@@ -41,7 +41,7 @@ from fusion.errors import TrainingDataError
 from fusion.generators.store import write_weights
 from fusion.generators.vae import ConvVae, IntensityNorm, VaeConfig, VaeGenerator
 
-__all__ = ["collect_frames", "main", "reconstruction_loss", "save_generator", "train_vae"]
+__all__ = ["collect_frames", "main", "reconstruction_loss", "save_generator", "train_vae", "unit_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ _DEFAULT_STUDIES = {StudyKind.CHEST_DX: 300, StudyKind.CHEST_CT: 80, StudyKind.B
 _DEFAULT_EPOCHS = {StudyKind.CHEST_DX: 10, StudyKind.CHEST_CT: 12, StudyKind.BRAIN_MR: 12}
 
 
-def _to_unit_batch(frames: np.ndarray, norm: IntensityNorm, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Frames (N, H, W) physical -> (N, 1, size, size) in [0, 1], and the (N, 2) physical scales."""
+def unit_batch(frames: np.ndarray, kind: StudyKind, size: int) -> tuple[torch.Tensor, IntensityNorm]:
+    """Training frames (N, H, W) in physical units -> (N, 1, size, size) in [0, 1] (area resize
+    down, bilinear up) and the kind's normalisation, its reference scale fitted to these frames."""
+    norm = IntensityNorm.for_kind(kind)
     out = torch.empty((len(frames), 1, size, size), dtype=torch.float32)
     scales = np.empty((len(frames), 2), dtype=np.float64)
     for i, frame in enumerate(frames):
@@ -61,7 +63,9 @@ def _to_unit_batch(frames: np.ndarray, norm: IntensityNorm, size: int) -> tuple[
             shrink = x.shape[-2] >= size and x.shape[-1] >= size
             x = F.interpolate(x, size=(size, size), mode="area" if shrink else "bilinear")
         out[i] = x[0]
-    return out, scales
+    if norm.mode == "percentile":
+        norm = norm.with_reference((float(np.median(scales[:, 0])), float(np.median(scales[:, 1]))))
+    return out, norm
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,10 +138,7 @@ def train_vae(
     rng = np.random.default_rng(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed)
 
-    norm = IntensityNorm.for_kind(kind)
-    data, scales = _to_unit_batch(frames, norm, config.image_size)
-    if norm.mode == "percentile":
-        norm = norm.with_reference((float(np.median(scales[:, 0])), float(np.median(scales[:, 1]))))
+    data, norm = unit_batch(frames, StudyKind(kind), config.image_size)
     order = rng.permutation(len(data))
     n_val = round(len(data) * val_fraction) if len(data) >= 10 else 0
     val, train = data[order[:n_val]], data[order[n_val:]]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import nn
 
 from fusion.cohort.scenario import StudyKind
@@ -42,6 +43,8 @@ __all__ = [
     "IntensityNorm",
     "VaeConfig",
     "VaeGenerator",
+    "add_matched_noise",
+    "check_frame",
     "estimate_noise_std",
     "resize",
 ]
@@ -176,6 +179,27 @@ def estimate_noise_std(frame: np.ndarray, *, max_pixels: int = 65536) -> float:
     return _MAD_TO_STD * mad / _LAPLACIAN_GAIN
 
 
+def check_frame(frame: np.ndarray, what: str, min_size: int = 8) -> NDArray[np.float32]:
+    """``frame`` as float32 if it is one finite (H, W) frame of at least ``min_size`` squared; else
+    ValueError naming ``what`` (the function that was given it)."""
+    frame = np.asarray(frame)
+    if frame.ndim != 2 or min(frame.shape) < min_size:
+        raise ValueError(
+            f"{what} expects one (H, W) frame of at least {min_size}x{min_size}, got shape {frame.shape}"
+        )
+    if not np.all(np.isfinite(frame)):
+        raise ValueError(f"{what} expects a finite frame (NaN or inf found)")
+    return frame.astype(np.float32, copy=False)
+
+
+def add_matched_noise(out: np.ndarray, target_std: float, rng: np.random.Generator) -> np.ndarray:
+    """``out`` plus white noise bringing its estimated noise std up to ``target_std`` (never down)."""
+    extra = float(np.sqrt(max(target_std**2 - estimate_noise_std(out) ** 2, 0.0)))
+    if extra > 0.0:
+        out = out + np.float32(extra) * rng.standard_normal(out.shape, dtype=np.float32)
+    return out
+
+
 class ConvVae(nn.Module):
     """Convolutional VAE on single-channel ``image_size`` squared images in [0, 1]."""
 
@@ -274,13 +298,6 @@ class VaeGenerator:
         eps = rng.standard_normal((n, c.latent_channels, c.latent_size, c.latent_size), dtype=np.float32)
         return torch.from_numpy(eps)
 
-    def _add_noise(self, out: np.ndarray, target_std: float, rng: np.random.Generator) -> np.ndarray:
-        have = estimate_noise_std(out)
-        extra = float(np.sqrt(max(target_std**2 - have**2, 0.0)))
-        if extra > 0.0:
-            out = out + np.float32(extra) * rng.standard_normal(out.shape, dtype=np.float32)
-        return out
-
     def generate(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A generated version of ``frame``: same shape, dtype float32, physical units.
 
@@ -289,12 +306,7 @@ class VaeGenerator:
         units, then add noise matched to the input's estimated noise std.
         Deterministic given the state of ``rng``.
         """
-        frame = np.asarray(frame)
-        if frame.ndim != 2 or min(frame.shape) < 8:
-            raise ValueError(f"generate expects one (H, W) frame of at least 8x8, got shape {frame.shape}")
-        if not np.all(np.isfinite(frame)):
-            raise ValueError("generate expects a finite frame (NaN or inf found)")
-        frame = frame.astype(np.float32, copy=False)
+        frame = check_frame(frame, "generate")
         scale = self.norm.scale_of(frame)
         s = self.config.image_size
         x = torch.from_numpy(self.norm.to_unit(frame, scale))[None, None]
@@ -305,7 +317,7 @@ class VaeGenerator:
             y = resize(self.model.decode(z), (frame.shape[0], frame.shape[1]))
         out = self.norm.from_unit(y[0, 0].numpy(), scale)
         if self.match_noise:
-            out = self._add_noise(out, estimate_noise_std(frame), rng)
+            out = add_matched_noise(out, estimate_noise_std(frame), rng)
         return out.astype(np.float32, copy=False)
 
     def sample(
