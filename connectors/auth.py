@@ -2,8 +2,8 @@
 
 `Credentials` is what a user configures (options, ``CROSSCHECK_*`` environment
 variables, or the ``fhirAuthorization`` a CDS client hands over); `httpx_auth`
-turns it into an ``httpx.Auth`` and `requests_auth` into what ``requests`` (and
-so dicomweb-client) takes.
+turns it into an ``httpx.Auth`` and `requests_session` into a ``requests``
+session (what dicomweb-client takes).
 
 SMART Backend Services (https://hl7.org/fhir/smart-app-launch/backend-services.html):
 the client signs a short-lived JWT (RS384 or ES384) with its private key and
@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import jwt
+import requests
 
 from connectors.errors import AuthenticationFailed
 from connectors.http import outcome_issues, redact_url
@@ -39,7 +40,7 @@ __all__ = [
     "SmartBackendAuth",
     "SmartClient",
     "httpx_auth",
-    "requests_auth",
+    "requests_session",
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -243,11 +244,19 @@ def httpx_auth(credentials: Credentials | None, *, fhir_base: str) -> httpx.Auth
     return SmartBackendAuth(credentials.smart, fhir_base)
 
 
-def requests_auth(credentials: Credentials | None) -> tuple[str, str] | None:
-    """Basic credentials as ``requests`` takes them; bearer tokens go in a header (see `bearer_header`)."""
-    if credentials is None or credentials.username is None or credentials.password is None:
-        return None
-    return (credentials.username, credentials.password)
+def requests_session(credentials: Credentials | None) -> requests.Session:
+    """A ``requests`` session (what dicomweb-client takes) sending ``credentials``: basic or bearer.
+
+    A SMART client is refused (ValueError): PACSes take a user and password or a token.
+    """
+    if credentials is not None and credentials.smart is not None:
+        raise ValueError("DICOMweb takes HTTP basic or a bearer token, not a SMART client")
+    session = requests.Session()
+    if credentials is not None and credentials.username is not None and credentials.password is not None:
+        session.auth = (credentials.username, credentials.password)
+    if credentials is not None and credentials.token is not None:
+        session.headers["Authorization"] = f"Bearer {credentials.token}"
+    return session
 
 
 def _json(response: httpx.Response) -> Any:

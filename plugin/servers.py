@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,8 +195,7 @@ def _credentials(
     return Credentials(token=token, username=user, password=password, smart=smart)
 
 
-def _smart(get: object) -> SmartClient | None:
-    assert callable(get)
+def _smart(get: Callable[[str], str | None]) -> SmartClient | None:
     client_id, key = get("smart_client_id"), get("smart_key")
     if client_id is None and key is None:
         return None

@@ -32,7 +32,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from python_multipart.multipart import MultipartParser
 
-from connectors.auth import Credentials
+from connectors.auth import Credentials, requests_session
 from connectors.dicom.limits import DicomLimits
 from connectors.errors import (
     NoImagingFound,
@@ -110,19 +110,11 @@ class DicomWebSource:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"DICOMweb URL must start with http:// or https://, not {redact_url(url)!r}")
-        if credentials is not None and credentials.smart is not None:
-            raise ValueError("DICOMweb takes HTTP basic or a bearer token, not a SMART client")
         self.url = url.rstrip("/")
         self.limits = limits
         self.timeouts = timeouts
         self.requests = 0
-        session = requests.Session()
-        if credentials is not None and credentials.username is not None:
-            session.auth = (credentials.username, credentials.password or "")
-        headers = (
-            {"Authorization": f"Bearer {credentials.token}"} if credentials and credentials.token else {}
-        )
-        session.headers.update(headers)
+        session = requests_session(credentials)
         session.hooks["response"].append(self._count)
         self._session = session
         self._client = DICOMwebClient(self.url, session=session, timeout=(timeouts.connect, timeouts.read))

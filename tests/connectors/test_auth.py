@@ -20,7 +20,7 @@ from connectors.auth import (
     SmartBackendAuth,
     SmartClient,
     httpx_auth,
-    requests_auth,
+    requests_session,
 )
 from connectors.errors import AuthenticationFailed
 from connectors.fhir.rest import FhirClient
@@ -194,10 +194,15 @@ def test_httpx_auth_for_each_kind(client: SmartClient) -> None:
     assert isinstance(smart, SmartBackendAuth) and smart.fhir_base == BASE
 
 
-def test_requests_auth_is_basic_only() -> None:
-    assert requests_auth(Credentials(username="ann", password="pw")) == ("ann", "pw")
-    assert requests_auth(Credentials(token="t")) is None
-    assert requests_auth(None) is None
+def test_requests_session_sends_basic_or_bearer_and_refuses_smart(client: SmartClient) -> None:
+    basic = requests_session(Credentials(username="ann", password="pw"))
+    assert basic.auth == ("ann", "pw") and "Authorization" not in basic.headers
+    bearer = requests_session(Credentials(token="t"))
+    assert bearer.auth is None and bearer.headers["Authorization"] == "Bearer t"
+    none = requests_session(None)
+    assert none.auth is None and "Authorization" not in none.headers
+    with pytest.raises(ValueError, match="not a SMART client"):
+        requests_session(Credentials(smart=client))
 
 
 # -- SMART Backend Services -----------------------------------------------------------------------
