@@ -211,17 +211,7 @@ class DimseSource:
 
     def find_series(self, study_instance_uid: str) -> list[Dataset]:
         """C-FIND at SERIES level within one study."""
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study_instance_uid
-        for keyword in (
-            "SeriesInstanceUID",
-            "Modality",
-            "SeriesNumber",
-            "BodyPartExamined",
-            "NumberOfSeriesRelatedInstances",
-        ):
-            setattr(query, keyword, "")
+        query = _series_query(study_instance_uid)
         return list(self._find(query))
 
     # -- retrieval ---------------------------------------------------------------------------------
@@ -295,35 +285,40 @@ class DimseSource:
     # -- helpers -------------------------------------------------------------------------------------
 
     def _sop_classes(self, study_instance_uid: str) -> list[str]:
-        """The SOP classes in the study (C-FIND at SERIES then IMAGE level); empty if the PACS won't say."""
+        """The SOP classes in the study (C-FIND at SERIES then IMAGE level, one association);
+        empty if the PACS won't say."""
         classes: dict[str, None] = {}
         try:
-            for series in self.find_series(study_instance_uid):
-                query = Dataset()
-                query.QueryRetrieveLevel = "IMAGE"
-                query.StudyInstanceUID = study_instance_uid
-                query.SeriesInstanceUID = series.SeriesInstanceUID
-                query.SOPInstanceUID = ""
-                query.SOPClassUID = ""
-                for identifier in self._find(query):
-                    if identifier.get("SOPClassUID"):
-                        classes.setdefault(str(identifier.SOPClassUID), None)
+            with self._association([StudyRootQueryRetrieveInformationModelFind]) as assoc:
+                for series in self._c_find(assoc, _series_query(study_instance_uid)):
+                    query = Dataset()
+                    query.QueryRetrieveLevel = "IMAGE"
+                    query.StudyInstanceUID = study_instance_uid
+                    query.SeriesInstanceUID = series.SeriesInstanceUID
+                    query.SOPInstanceUID = ""
+                    query.SOPClassUID = ""
+                    for identifier in self._c_find(assoc, query):
+                        if identifier.get("SOPClassUID"):
+                            classes.setdefault(str(identifier.SOPClassUID), None)
         except ServerFailed:
             return []
         return list(classes)
 
     def _find(self, query: Dataset) -> Iterator[Dataset]:
-        found = []
         with self._association([StudyRootQueryRetrieveInformationModelFind]) as assoc:
-            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-                if status is None or "Status" not in status:
-                    raise ServerFailed(f"C-FIND to {self.peer}: the association was aborted or timed out")
-                code = int(status.Status)
-                if code in (0xFF00, 0xFF01) and identifier is not None:
-                    found.append(identifier)
-                elif code != 0x0000:
-                    raise ServerFailed(f"C-FIND to {self.peer} failed with status 0x{code:04X}")
-        return iter(found)
+            return iter(self._c_find(assoc, query))
+
+    def _c_find(self, assoc: Association, query: Dataset) -> list[Dataset]:
+        found = []
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                raise ServerFailed(f"C-FIND to {self.peer}: the association was aborted or timed out")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                found.append(identifier)
+            elif code != 0x0000:
+                raise ServerFailed(f"C-FIND to {self.peer} failed with status 0x{code:04X}")
+        return found
 
     def _association(
         self, contexts: list[Any], *, ext_neg: list[Any] | None = None, handlers: list[Any] | None = None
@@ -446,6 +441,21 @@ def _storage_contexts(classes: list[str]) -> list[tuple[str, tuple[str, ...]]]:
             contexts.append((uid, TRANSFER_SYNTAXES))
             budget -= 1
     return contexts
+
+
+def _series_query(study_instance_uid: str) -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_instance_uid
+    for keyword in (
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+    ):
+        setattr(query, keyword, "")
+    return query
 
 
 def _retrieve_query(study_instance_uid: str) -> Dataset:
