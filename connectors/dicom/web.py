@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -30,10 +30,10 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
-from python_multipart.multipart import MultipartParser
 
 from connectors.auth import Credentials, requests_session
 from connectors.dicom.limits import DicomLimits
+from connectors.dicom.multipart import PartSink, split_parts
 from connectors.errors import (
     NoImagingFound,
     ServerError,
@@ -291,7 +291,7 @@ class DicomWebSource:
                 raise _status_error(response, what)
             writer = _PartWriter(folder)
             try:
-                _split_parts(response.iter_content(_CHUNK), response.headers.get("Content-Type", ""), writer)
+                split_parts(response.iter_content(_CHUNK), response.headers.get("Content-Type", ""), writer)
             except requests.RequestException as exc:
                 writer.discard()
                 raise _transport_error(exc, what, url) from None
@@ -362,7 +362,7 @@ class DicomWebSource:
             raise
 
 
-class _PartWriter:
+class _PartWriter(PartSink):
     """Writes each multipart part to a temporary file, then names it after its SOPInstanceUID."""
 
     def __init__(self, folder: Path) -> None:
@@ -417,36 +417,6 @@ class _PartWriter:
             for part in self.parts:
                 part.unlink(missing_ok=True)
         return named
-
-
-def _split_parts(chunks: Iterator[bytes], content_type: str, writer: _PartWriter) -> None:
-    """Feed a multipart/related body (or a plain body) into ``writer``, part by part."""
-    boundary = _boundary(content_type)
-    if boundary is None:
-        for chunk in chunks:
-            writer.write(chunk)
-        writer.end()
-        return
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        writer.write(data[start:end])
-
-    parser = MultipartParser(
-        boundary, {"on_part_begin": writer.begin, "on_part_data": on_part_data, "on_part_end": writer.end}
-    )
-    for chunk in chunks:
-        parser.write(chunk)
-    parser.finalize()
-
-
-def _boundary(content_type: str) -> str | None:
-    if not content_type.lower().startswith("multipart/"):
-        return None
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            return value.strip().strip('"')
-    return None
 
 
 def _status_error(response: requests.Response, what: str, *, retried: bool = False) -> ServerError:
