@@ -36,43 +36,48 @@ def boundary(content_type: str) -> str | None:
     return None
 
 
-def _parser(content_type: str, sink: PartSink) -> MultipartParser | None:
-    found = boundary(content_type)
-    if found is None:
-        sink.begin()
-        return None
+class _Feed:
+    """One body being split: ``feed`` each chunk, then ``close``."""
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        sink.write(data[start:end])
+    def __init__(self, content_type: str, sink: PartSink) -> None:
+        self.sink = sink
+        found = boundary(content_type)
+        self.parser: MultipartParser | None = None
+        if found is None:
+            sink.begin()
+            return
 
-    return MultipartParser(
-        found, {"on_part_begin": sink.begin, "on_part_data": on_part_data, "on_part_end": sink.end}
-    )
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            sink.write(data[start:end])
+
+        self.parser = MultipartParser(
+            found, {"on_part_begin": sink.begin, "on_part_data": on_part_data, "on_part_end": sink.end}
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        if self.parser is None:
+            self.sink.write(chunk)
+        else:
+            self.parser.write(chunk)
+
+    def close(self) -> None:
+        if self.parser is None:
+            self.sink.end()
+        else:
+            self.parser.finalize()
 
 
 def split_parts(chunks: Iterator[bytes], content_type: str, sink: PartSink) -> None:
     """Feed a multipart/related body (or a plain body, as one part) into ``sink``."""
-    parser = _parser(content_type, sink)
+    feed = _Feed(content_type, sink)
     for chunk in chunks:
-        if parser is None:
-            sink.write(chunk)
-        else:
-            parser.write(chunk)
-    if parser is None:
-        sink.end()
-    else:
-        parser.finalize()
+        feed.feed(chunk)
+    feed.close()
 
 
 async def split_parts_async(chunks: AsyncIterator[bytes], content_type: str, sink: PartSink) -> None:
     """`split_parts` for a body that arrives asynchronously (a request to the service)."""
-    parser = _parser(content_type, sink)
+    feed = _Feed(content_type, sink)
     async for chunk in chunks:
-        if parser is None:
-            sink.write(chunk)
-        else:
-            parser.write(chunk)
-    if parser is None:
-        sink.end()
-    else:
-        parser.finalize()
+        feed.feed(chunk)
+    feed.close()
