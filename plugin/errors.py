@@ -5,10 +5,19 @@
      +-- CdsAuthenticationError    a CDS client's call whose JWT cannot be trusted (.reason)
      |    +-- CdsJwksUnavailable   the allow-listed JWK Set could not be fetched or read
      +-- CdsClientsConfigError     the CDS clients allow-list file cannot be used
+     +-- StoreError                the plugin's database (results, feedback, audit trail)
+     |    +-- StoreUnavailable     cannot be opened or reached: file, server, driver, lock timeout
+     |    +-- MigrationFailed      a schema migration did not complete (it is rolled back)
+     |    +-- SchemaTooNew         written by a newer imaging-crosscheck than this one
+     |    +-- SchemaOutOfDate      older than this code, and opened without migrating
+     |    +-- ResultNotFound       a result id that is not stored (404)
+     +-- RequestInvalid            a request to the service that cannot be answered as sent (400)
+     +-- ApiAuthenticationError    a REST call without a valid API key or bearer token (401)
 
 Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch below
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
-(``CdsAuthenticationError`` to 401).
+(``CdsAuthenticationError`` to 401). Store messages name the database (password hidden),
+revisions and result ids, never patient data or SQL parameters.
 """
 
 from __future__ import annotations
@@ -16,11 +25,19 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "ApiAuthenticationError",
     "CdsAuthReason",
     "CdsAuthenticationError",
     "CdsClientsConfigError",
     "CdsJwksUnavailable",
+    "MigrationFailed",
     "PluginError",
+    "RequestInvalid",
+    "ResultNotFound",
+    "SchemaOutOfDate",
+    "SchemaTooNew",
+    "StoreError",
+    "StoreUnavailable",
     "UsageError",
 ]
 
@@ -74,3 +91,41 @@ class CdsJwksUnavailable(CdsAuthenticationError):
 
 class CdsClientsConfigError(PluginError):
     """The CDS clients allow-list file (``--cds-clients``) is missing, not JSON, or has an unusable entry."""
+
+
+# -- the store (plugin.store) -------------------------------------------------------------------
+
+
+class StoreError(PluginError):
+    """The plugin's database could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be opened or reached (missing driver, refused connection, lock timeout)."""
+
+
+class MigrationFailed(StoreError):
+    """A schema migration failed; the database is left at the revision it had."""
+
+
+class SchemaTooNew(StoreError):
+    """The database carries a schema revision this version of imaging-crosscheck does not know."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database's schema is older than this code's and the store was opened with ``migrate=False``."""
+
+
+class ResultNotFound(StoreError):
+    """A result id that the store does not hold (e.g. feedback naming the result its Card came from)."""
+
+
+# -- the service (plugin.service) ---------------------------------------------------------------
+
+
+class RequestInvalid(PluginError):
+    """A request to the service that cannot be answered as sent (400)."""
+
+
+class ApiAuthenticationError(PluginError):
+    """A REST call without a valid API key or OAuth2 bearer token (401)."""

@@ -1,4 +1,45 @@
-"""The plugin's database (SQLite by default, PostgreSQL by URL; migrations with Alembic):
-results, CDS feedback, the audit trail, and the used CDS token ids."""
+"""The plugin's database: results, CDS Hooks feedback, the audit trail, and the used CDS
+Client JWT ids (``jti``).
 
-__all__: list[str] = []
+SQLite file by default, PostgreSQL by URL (``postgresql+psycopg://user@host/db``, with
+``pip install 'imaging-crosscheck[postgresql]'``); the schema is migrated with Alembic
+from code when the store opens::
+
+    with Store.open("crosscheck.db") as store:
+        stored = store.save_result(result, source="cds")
+        store.audit(AuditAction.RESULT_CREATE, Actor(ActorKind.CDS_CLIENT, iss), result_id=stored.id)
+
+A :class:`Store` is safe to share between threads; :class:`StoreReplayCache` gives the CDS
+Hooks authentication an async ``use(iss, jti, expires_at)``.
+"""
+
+from plugin.store.records import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    AuditEvent,
+    FeedbackOutcome,
+    OverrideReason,
+    ResultSource,
+    StoredFeedback,
+    StoredResult,
+    input_fingerprint,
+)
+from plugin.store.replay import StoreReplayCache
+from plugin.store.store import MAX_AUDIT_DETAIL_BYTES, Store
+
+__all__ = [
+    "MAX_AUDIT_DETAIL_BYTES",
+    "Actor",
+    "ActorKind",
+    "AuditAction",
+    "AuditEvent",
+    "FeedbackOutcome",
+    "OverrideReason",
+    "ResultSource",
+    "Store",
+    "StoreReplayCache",
+    "StoredFeedback",
+    "StoredResult",
+    "input_fingerprint",
+]

@@ -1,0 +1,151 @@
+"""The store's tables as SQLAlchemy ORM models (the migrations in ``migrations/versions`` create them).
+
+``results``        every CrossCheckResult stored, never updated
+``cds_feedback``   CDS Hooks Feedback entries, one row per entry (a Card may get several)
+``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
+``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire
+
+Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
+``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "JSON_TYPE",
+    "NAMING_CONVENTION",
+    "AuditEventRow",
+    "Base",
+    "FeedbackRow",
+    "JtiRow",
+    "ResultRow",
+    "UTCDateTime",
+]
+
+#: Constraint and index names every migration reproduces (SQLite's batch mode needs names).
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON on SQLite, JSONB on PostgreSQL; Python None is SQL NULL (not JSON null).
+JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on both backends; naive datetimes are refused on the way in."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("the store takes timezone-aware datetimes (e.g. datetime.now(UTC))")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ResultRow(Base):
+    """A stored CrossCheckResult: the columns a query needs, and the full JSON in ``result_json``."""
+
+    __tablename__ = "results"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(sa.String(64))
+    patient_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    accession_number: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    model_name: Mapped[str | None] = mapped_column(sa.String(255))
+    model_version: Mapped[str | None] = mapped_column(sa.String(64))
+    model_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    schema_version: Mapped[str] = mapped_column(sa.String(16))
+    score_overall: Mapped[float] = mapped_column(sa.Float)
+    score_consistency: Mapped[float | None] = mapped_column(sa.Float)
+    score_synthetic: Mapped[float | None] = mapped_column(sa.Float)
+    flagged: Mapped[bool] = mapped_column(sa.Boolean)
+    threshold: Mapped[float] = mapped_column(sa.Float)
+    result_json: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    input_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
+    inputs: Mapped[dict[str, str] | None] = mapped_column(JSON_TYPE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    __table_args__ = (
+        # latest_result(): equality on the first two, newest first on the third
+        sa.Index(None, "study_instance_uid", "model_sha256", "created_at"),
+        # a sweep's "is this input done with this model?"
+        sa.Index(None, "input_fingerprint", "model_sha256"),
+    )
+
+
+class FeedbackRow(Base):
+    """One CDS Hooks Feedback entry (``card``, ``outcome``, ``acceptedSuggestions``,
+    ``overrideReason``, ``outcomeTimestamp``) with who sent it and when it arrived."""
+
+    __tablename__ = "cds_feedback"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    service_id: Mapped[str] = mapped_column(sa.String(255))
+    card_uuid: Mapped[str] = mapped_column(sa.String(255), index=True)
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON_TYPE)
+    override_reason_system: Mapped[str | None] = mapped_column(sa.Text)
+    override_reason_code: Mapped[str | None] = mapped_column(sa.String(255))
+    override_reason_display: Mapped[str | None] = mapped_column(sa.Text)
+    user_comment: Mapped[str | None] = mapped_column(sa.Text)
+    outcome_timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    client_iss: Mapped[str | None] = mapped_column(sa.Text)
+    client_sub: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    result_id: Mapped[str | None] = mapped_column(sa.ForeignKey("results.id"), index=True)
+
+
+class AuditEventRow(Base):
+    """One audit event; the migrations add triggers that refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor_kind: Mapped[str] = mapped_column(sa.String(16))
+    actor_id: Mapped[str | None] = mapped_column(sa.Text)
+    action: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # no foreign key: an event is recorded even for a result id that does not exist
+    result_id: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    model_version: Mapped[str | None] = mapped_column(sa.String(64))
+    outcome: Mapped[str | None] = mapped_column(sa.String(64))
+    status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
+
+
+class JtiRow(Base):
+    """A CDS Client JWT's ``jti`` seen from issuer ``iss``, kept until ``expires_at``."""
+
+    __tablename__ = "cds_jti"
+
+    iss: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    jti: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,147 @@
+"""What the store hands back: frozen value objects over its rows, and the enums of its columns.
+
+Enum-valued arguments of :class:`plugin.store.Store` accept the enum or its string; the
+database holds the string, so adding a member needs no migration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from fusion.result import CrossCheckResult
+
+__all__ = [
+    "Actor",
+    "ActorKind",
+    "AuditAction",
+    "AuditEvent",
+    "FeedbackOutcome",
+    "OverrideReason",
+    "ResultSource",
+    "StoredFeedback",
+    "StoredResult",
+    "input_fingerprint",
+]
+
+
+class ResultSource(StrEnum):
+    """How a result came to be scored: a study arriving (``ingest``), a CDS Hooks call, the REST
+    API, a batch sweep, or the command line."""
+
+    INGEST = "ingest"
+    CDS = "cds"
+    REST = "rest"
+    SWEEP = "sweep"
+    CLI = "cli"
+
+
+class FeedbackOutcome(StrEnum):
+    """The ``outcome`` of a CDS Hooks Feedback: the user accepted suggestions or overrode the Card."""
+
+    ACCEPTED = "accepted"
+    OVERRIDDEN = "overridden"
+
+
+class ActorKind(StrEnum):
+    """Who acted: a CDS Client (its JWT ``iss``), an API key, an OAuth2 client, a logged-in user,
+    or the service itself (ingest, sweeps)."""
+
+    CDS_CLIENT = "cds-client"
+    API_KEY = "api-key"
+    OAUTH = "oauth"
+    USER = "user"
+    SYSTEM = "system"
+
+
+class AuditAction(StrEnum):
+    """What was done. Later areas add members (e.g. the case queue's views and changes)."""
+
+    CDS_CALL = "cds.call"
+    FEEDBACK = "feedback"
+    RESULT_CREATE = "result.create"
+    RESULT_READ = "result.read"
+    WRITEBACK = "writeback"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The caller behind an audit event: its kind and an id (the ``iss``, the key's name, the user
+    name); never a patient."""
+
+    kind: ActorKind
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, ActorKind):
+            object.__setattr__(self, "kind", ActorKind(self.kind))
+
+
+@dataclass(frozen=True)
+class OverrideReason:
+    """The ``overrideReason.reason`` Coding of a CDS Hooks Feedback."""
+
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A CrossCheckResult as stored: its id, when it was stored, how it was scored, and the
+    identifiers of its input (``inputs``, empty when none were given)."""
+
+    id: str
+    created_at: datetime
+    result: CrossCheckResult
+    source: ResultSource
+    inputs: Mapping[str, str]
+    input_fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    """One CDS Hooks Feedback entry for a Card, with the CDS Client that sent it (``client_iss``,
+    ``client_sub``; ``None`` when authentication was off) and the result the Card came from when
+    it is known."""
+
+    id: int
+    service_id: str
+    card_uuid: str
+    outcome: FeedbackOutcome
+    accepted_suggestions: tuple[str, ...]
+    override_reason: OverrideReason | None
+    user_comment: str | None
+    outcome_timestamp: datetime
+    client_iss: str | None
+    client_sub: str | None
+    received_at: datetime
+    result_id: str | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of the audit trail; ``id`` grows with every event recorded."""
+
+    id: int
+    at: datetime
+    actor: Actor
+    action: str
+    result_id: str | None
+    study_instance_uid: str | None
+    model_version: str | None
+    outcome: str | None
+    status_code: int | None
+    detail: Mapping[str, Any]
+
+
+def input_fingerprint(inputs: Mapping[str, str]) -> str:
+    """The sha256 (hex) of a result's input identifiers, independent of their order: what a sweep
+    looks results up by to know which inputs are done."""
+    canonical = json.dumps(dict(sorted(inputs.items())), separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

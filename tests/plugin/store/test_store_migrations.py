@@ -1,0 +1,156 @@
+"""The schema: migrations from empty, models and migrations agreeing, revisions refused or upgraded."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from plugin.errors import MigrationFailed, SchemaOutOfDate, SchemaTooNew, StoreError
+from plugin.store import Store
+from plugin.store.ddl import append_only_triggers
+from plugin.store.engine import create_store_engine, database_url
+from plugin.store.migrate import alembic_config, current_revisions, head_revisions
+from plugin.store.models import Base
+
+TABLES = {"results", "cds_feedback", "audit_events", "cds_jti"}
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _revision(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        return str(db.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+
+def test_open_upgrades_an_empty_database_to_the_head(db_path: Path) -> None:
+    assert not db_path.exists()
+    Store.open(db_path).close()
+    assert TABLES | {"alembic_version"} <= _tables(db_path)
+    assert (_revision(db_path),) == head_revisions()
+
+
+def test_models_match_the_migrations(db_path: Path) -> None:
+    """What ``alembic check`` does: autogenerate finds nothing to add, drop or alter."""
+    Store.open(db_path).close()
+    engine = create_store_engine(database_url(db_path))
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_a_model_change_without_a_migration_is_seen(db_path: Path) -> None:
+    """The comparison above can fail: a column the migrations lack shows up in the diff."""
+    Store.open(db_path).close()
+    metadata = sa.MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(metadata)
+    sa.Table("results", metadata, sa.Column("case_rank", sa.Integer), extend_existing=True)
+    engine = create_store_engine(database_url(db_path))
+    try:
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), metadata)
+    finally:
+        engine.dispose()
+    assert [(op[0], op[3].name) for op in diff] == [("add_column", "case_rank")]
+
+
+def test_opening_twice_leaves_the_revision_alone(db_path: Path) -> None:
+    Store.open(db_path).close()
+    Store.open(db_path).close()
+    with Store.open(db_path, migrate=False):
+        pass
+    assert (_revision(db_path),) == head_revisions()
+
+
+def test_downgrade_to_base_and_up_again(db_path: Path) -> None:
+    Store.open(db_path).close()
+    config = alembic_config(db_path)
+    command.downgrade(config, "base")
+    assert not (_tables(db_path) & TABLES)
+    command.upgrade(config, "head")
+    assert TABLES <= _tables(db_path)
+    assert (_revision(db_path),) == head_revisions()
+
+
+def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099'")
+    for migrate in (True, False):
+        with pytest.raises(SchemaTooNew, match=r"revision 0099.*newer version; upgrade imaging-crosscheck"):
+            Store.open(db_path, migrate=migrate)
+    assert _revision(db_path) == "0099"  # not touched
+
+
+def test_without_migrate_an_old_database_is_refused(db_path: Path) -> None:
+    with pytest.raises(SchemaOutOfDate, match="migrate=True"):
+        Store.open(db_path, migrate=False)
+    assert not (_tables(db_path) & TABLES)
+
+
+def test_a_failed_migration_is_rolled_back(db_path: Path) -> None:
+    """A file that already has a ``results`` table of its own: the upgrade fails as a whole."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE results (something TEXT)")
+    with pytest.raises(MigrationFailed, match="left at none") as info:
+        Store.open(db_path)
+    assert isinstance(info.value, StoreError)
+    assert _tables(db_path) == {"results"}  # no alembic_version, no half-made tables
+
+
+def test_current_revisions_of_an_empty_database(db_path: Path) -> None:
+    engine = create_store_engine(database_url(db_path))
+    try:
+        with engine.connect() as connection:
+            assert current_revisions(connection) == ()
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_sql_is_rendered_offline() -> None:
+    """The migrations as PostgreSQL SQL (what a DBA would apply), without a server or a driver."""
+    config = alembic_config("postgresql+psycopg://crosscheck@db.example/crosscheck")
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "head", sql=True)
+    sql = config.output_buffer.getvalue()
+    assert "JSONB" in sql
+    assert "TIMESTAMP WITH TIME ZONE" in sql
+    for statement in append_only_triggers("audit_events", "postgresql"):
+        assert statement in sql
+    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+
+
+def test_append_only_triggers_exist_for_the_two_dialects_only() -> None:
+    assert len(append_only_triggers("audit_events", "sqlite")) == 2
+    with pytest.raises(ValueError, match="mysql"):
+        append_only_triggers("audit_events", "mysql")
+
+
+def test_concurrent_opens_of_an_empty_database_migrate_once(db_path: Path) -> None:
+    """Four workers starting at once on a new file: one upgrades, the others wait and find it done."""
+    barrier = threading.Barrier(4)
+
+    def open_close(_: int) -> None:
+        barrier.wait()
+        Store.open(db_path).close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(open_close, range(4)))
+    assert (_revision(db_path),) == head_revisions()
