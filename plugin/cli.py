@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plugin.errors import UsageError
+from plugin.errors import PluginError, UsageError
 from plugin.servers import add_server_arguments
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -167,6 +167,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from plugin.servers import server_settings
+    from plugin.service.app import create_app
+    from plugin.settings import load_settings
+
+    settings = load_settings(
+        {name: getattr(args, name) for name in _SERVE_OPTIONS},
+        config_file=Path(args.config) if args.config else None,
+    )
+    app = create_app(settings, server_settings(args))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _cmd_api_key(args: argparse.Namespace) -> int:
+    import json
+    import secrets
+
+    from plugin.service.auth import hash_api_key
+
+    key = secrets.token_urlsafe(32)
+    print(f"key (give it to the caller, once): {key}")
+    print(f"keys file entry: {json.dumps({args.name: hash_api_key(key)})}")
+    return 0
+
+
+#: ``crosscheck serve`` options that are `plugin.settings.Settings` fields (None: not given).
+_SERVE_OPTIONS = (
+    "host",
+    "port",
+    "public_url",
+    "data_dir",
+    "database_url",
+    "model",
+    "device",
+    "cds_clients",
+    "insecure_no_auth",
+    "api_keys",
+    "say_consistent",
+    "smart_app_url",
+    "writeback_fhir",
+    "writeback_sr",
+    "orthanc_url",
+    "cds_deadline_ms",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crosscheck",
@@ -273,6 +322,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261125, help="cohort seed (never used in training)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default=None)
+
+    p = add("serve", _cmd_serve, "Serve CDS Hooks 2.0 services and the REST API (FastAPI under uvicorn).")
+    p.add_argument("--config", help="settings file, TOML or JSON [CROSSCHECK_CONFIG]")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1) [CROSSCHECK_HOST]")
+    p.add_argument("--port", type=int, help="port (default 8080) [CROSSCHECK_PORT]")
+    p.add_argument("--public-url", help="base URL clients use, for links and token audiences")
+    p.add_argument("--data-dir", help="database, image cache, heatmaps (default ./crosscheck-data)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in --data-dir)")
+    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--device", help="torch device (default: cuda if present)")
+    p.add_argument("--cds-clients", help="allow-list of CDS clients, JSON [CROSSCHECK_CDS_CLIENTS]")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve without authentication (tests only; logs a warning)",
+    )
+    p.add_argument("--api-keys", help='REST API keys file {"name": "sha256:<hex>"} (see `api-key`)')
+    p.add_argument(
+        "--say-consistent", action="store_const", const=True, default=None, help="a card when all is well"
+    )
+    p.add_argument("--smart-app-url", help="SMART app launch URL for card links")
+    p.add_argument(
+        "--writeback-fhir", action="store_const", const=True, default=None, help="post DetectedIssue"
+    )
+    p.add_argument("--writeback-sr", action="store_const", const=True, default=None, help="store a DICOM SR")
+    p.add_argument("--orthanc-url", help="Orthanc REST base: score new studies from its change feed")
+    p.add_argument("--cds-deadline-ms", type=int, help="scoring time a hook call may spend (default 350)")
+    add_server_arguments(p)
+
+    p = add("api-key", _cmd_api_key, "Make a REST API key: prints the key and the line for the keys file.")
+    p.add_argument("--name", required=True, help="the caller's name (in the audit trail)")
     return parser
 
 
@@ -314,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except (
-        UsageError,
+        PluginError,
         ConnectorError,
         FusionError,
         CohortError,

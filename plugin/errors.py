@@ -32,6 +32,7 @@ __all__ = [
     "CdsJwksUnavailable",
     "MigrationFailed",
     "PluginError",
+    "PrefetchUnavailable",
     "RequestInvalid",
     "ResultNotFound",
     "SchemaOutOfDate",
@@ -129,3 +130,7 @@ class RequestInvalid(PluginError):
 
 class ApiAuthenticationError(PluginError):
     """A REST call without a valid API key or OAuth2 bearer token (401)."""
+
+
+class PrefetchUnavailable(PluginError):
+    """A CDS Hooks call without the prefetch the service needs and no FHIR server to ask (412)."""

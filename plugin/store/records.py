@@ -57,6 +57,7 @@ class ActorKind(StrEnum):
     OAUTH = "oauth"
     USER = "user"
     SYSTEM = "system"
+    ANONYMOUS = "anonymous"  # a service run with --insecure-no-auth
 
 
 class AuditAction(StrEnum):
@@ -64,6 +65,7 @@ class AuditAction(StrEnum):
 
     CDS_CALL = "cds.call"
     FEEDBACK = "feedback"
+    INGEST = "ingest"
     RESULT_CREATE = "result.create"
     RESULT_READ = "result.read"
     WRITEBACK = "writeback"

@@ -110,6 +110,11 @@ class Store:
     def engine(self) -> Engine:
         return self._engine
 
+    def ping(self) -> None:
+        """One round trip to the database (readiness probes); `StoreError` when it is not there."""
+        with self._transaction(write=False) as session:
+            session.execute(sa.text("SELECT 1"))
+
     def close(self) -> None:
         """Close every pooled connection; the Store cannot be used afterwards."""
         self._engine.dispose()

@@ -1,0 +1,293 @@
+"""The service's scoring engine: one model, one store, the servers, and the studies in flight.
+
+Every path into the service ends here: a CDS hook call, a REST call, a study
+arriving at ingest. The engine
+
+- answers from the store when the study was already scored with this model
+  (``Checked.cached``);
+- otherwise fetches the study's images (the PACS of the settings, else the
+  ImagingStudy's Endpoint), links them with the record it is given, and scores
+  them on the model thread (one thread: the model is used by one caller at a
+  time, and two CPU cores are not shared by two forward passes);
+- runs a study once, however many callers ask for it meanwhile (they share the
+  task), and lets a caller stop waiting at a deadline while the task goes on:
+  the next call finds the result in the store;
+- keeps each result with a heatmap PNG beside it, and writes back (FHIR
+  DetectedIssue, DICOM SR) when configured, without ever failing the caller
+  because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from connectors.dicom import read_dicom
+from connectors.domain import Case, PatientRecord, Study
+from connectors.errors import NoImagingFound
+from connectors.link import link_cases
+from connectors.remote import ImagingSource, study_uids_for
+from connectors.strictness import Strictness
+from fusion.checks.duplicates import PerceptualHashIndex
+from fusion.result import CrossCheckResult
+from fusion.scorer import Prediction, Scorer
+from plugin.store import Store, StoredResult
+
+__all__ = ["Checked", "Engine"]
+
+logger = logging.getLogger(__name__)
+
+#: Called after a result is stored: (stored result, the case, the model's prediction).
+AfterScore = Callable[[StoredResult, Case, Prediction], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A study's result, and whether it came from the store (scored earlier) or was scored now."""
+
+    stored: StoredResult
+    cached: bool
+
+    @property
+    def result(self) -> CrossCheckResult:
+        return self.stored.result
+
+    @property
+    def id(self) -> str:
+        return self.stored.id
+
+
+class Engine:
+    """See the module docstring. ``imaging`` is the configured PACS (or None: use Endpoints);
+    ``endpoint_source`` makes a DICOMweb source for an ImagingStudy Endpoint address."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        store: Store,
+        *,
+        data_dir: Path,
+        imaging: ImagingSource | None = None,
+        endpoint_source: Callable[[str], ImagingSource] | None = None,
+        after_score: AfterScore | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.imaging = imaging
+        self.endpoint_source = endpoint_source
+        self.after_score = after_score
+        self.hash_index = scorer.hash_index if scorer.hash_index is not None else PerceptualHashIndex()
+        scorer.hash_index = self.hash_index
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-model")
+        self._inflight: dict[str, asyncio.Task[Checked]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.scored = 0
+        self.cache_hits = 0
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def model_sha256(self) -> str:
+        return self.scorer.model_info.sha256
+
+    def heatmap_path(self, result_id: str) -> Path:
+        return self.data_dir / "heatmaps" / f"{result_id}.png"
+
+    def images_path(self, study_instance_uid: str) -> Path:
+        return self.data_dir / "images" / study_instance_uid
+
+    # ------------------------------------------------------------------ lookups
+    async def stored(self, study_instance_uid: str) -> StoredResult | None:
+        """The latest result for the study with this model, or None."""
+        return await asyncio.to_thread(self.store.latest_result, study_instance_uid, self.model_sha256)
+
+    # ------------------------------------------------------------------ scoring
+    async def score_cases(
+        self, cases: Sequence[Case], *, source: str, inputs: Mapping[str, str] | None = None
+    ) -> list[Checked]:
+        """Score cases that are already assembled (REST uploads), store and return them."""
+        out = []
+        for case in cases:
+            out.append(await self._score_and_store(case, source=source, inputs=inputs))
+        return out
+
+    async def check_study(
+        self,
+        study_instance_uid: str,
+        *,
+        record: PatientRecord | None,
+        source: str,
+        deadline_s: float | None = None,
+        rescore: bool = False,
+    ) -> Checked | None:
+        """The study's result: stored, or fetched and scored now.
+
+        Returns None when ``deadline_s`` passes first; the scoring goes on and its
+        result is stored. Raises `NoImagingFound` (no PACS, or the PACS has no such
+        study) and the connectors' server errors.
+        """
+        if not rescore:
+            found = await self.stored(study_instance_uid)
+            if found is not None:
+                self.cache_hits += 1
+                return Checked(found, cached=True)
+        task = self._inflight.get(study_instance_uid)
+        if task is None:
+            task = asyncio.create_task(self._fetch_and_score(study_instance_uid, record, source))
+            self._inflight[study_instance_uid] = task
+            task.add_done_callback(partial(self._done, study_instance_uid))
+        if deadline_s is None:
+            return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(deadline_s, 0.0))
+        except TimeoutError:
+            task.add_done_callback(_log_failure)
+            return None
+
+    def _done(self, study_instance_uid: str, _task: asyncio.Task[Checked]) -> None:
+        self._inflight.pop(study_instance_uid, None)
+
+    def submit(
+        self, study_instance_uid: str, *, record: PatientRecord | None, source: str, rescore: bool = False
+    ) -> None:
+        """Score a study in the background (ingest); failures are logged, never raised."""
+
+        async def run() -> None:
+            try:
+                await self.check_study(study_instance_uid, record=record, source=source, rescore=rescore)
+            except Exception as exc:  # an ingest failure must not stop the service
+                logger.warning("ingest of a study failed (%s)", type(exc).__name__)
+                logger.debug("ingest of study %s failed: %s", study_instance_uid, _reason(exc))
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background work (tests, shutdown)."""
+        while self._background or self._inflight:
+            await asyncio.gather(*self._background, *self._inflight.values(), return_exceptions=True)
+
+    def close(self) -> None:
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ internals
+    async def _fetch_and_score(
+        self, study_instance_uid: str, record: PatientRecord | None, source: str
+    ) -> Checked:
+        t0 = time.perf_counter()
+        case = await self._assemble(study_instance_uid, record)
+        fetch_ms = (time.perf_counter() - t0) * 1000
+        return await self._score_and_store(
+            case, source=source, inputs={"study_instance_uid": study_instance_uid}, fetch_ms=fetch_ms
+        )
+
+    async def _assemble(self, study_instance_uid: str, record: PatientRecord | None) -> Case:
+        folder = self.images_path(study_instance_uid)
+        studies = await asyncio.to_thread(self._read_cached, folder)
+        if not studies:
+            imaging = self._source_for(study_instance_uid, record)
+            tmp = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            uids = await asyncio.to_thread(study_uids_for, imaging, None, None, study_instance_uid)
+            if study_instance_uid not in uids:
+                raise NoImagingFound(f"the PACS has no study {study_instance_uid}")
+            await asyncio.to_thread(imaging.download_study, study_instance_uid, tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+            studies = await asyncio.to_thread(self._read_cached, folder)
+            if not studies:
+                raise NoImagingFound(f"the PACS returned no readable instances of study {study_instance_uid}")
+        cases = link_cases(studies, [record] if record is not None else [])
+        for case in cases:
+            if case.study_instance_uid == study_instance_uid:
+                return case
+        raise NoImagingFound(f"study {study_instance_uid} is not among the instances the PACS returned")
+
+    @staticmethod
+    def _read_cached(folder: Path) -> list[Study]:
+        if not folder.is_dir() or not any(folder.rglob("*")):
+            return []
+        return read_dicom(folder, strictness=Strictness.WARN)
+
+    def _source_for(self, study_instance_uid: str, record: PatientRecord | None) -> ImagingSource:
+        if self.imaging is not None:
+            return self.imaging
+        if record is not None and self.endpoint_source is not None:
+            for study in record.imaging_studies:
+                if study.study_instance_uid == study_instance_uid and study.endpoint:
+                    return self.endpoint_source(study.endpoint)
+        raise NoImagingFound(
+            f"no PACS to fetch study {study_instance_uid} from: configure a DICOMweb URL or a DIMSE "
+            "peer, or link the ImagingStudy to a DICOMweb Endpoint"
+        )
+
+    async def _score_and_store(
+        self,
+        case: Case,
+        *,
+        source: str,
+        inputs: Mapping[str, str] | None,
+        fetch_ms: float | None = None,
+    ) -> Checked:
+        loop = asyncio.get_running_loop()
+        result, prediction = await loop.run_in_executor(self._model_thread, self._score_one, case)
+        if fetch_ms is not None:
+            result = replace(result, timings_ms={"fetch": fetch_ms, **result.timings_ms})
+        stored = await asyncio.to_thread(
+            self.store.save_result, result, source=source, inputs=dict(inputs or {})
+        )
+        self.scored += 1
+        logger.debug("scored study %s as result %s", case.study_instance_uid, stored.id)
+        await loop.run_in_executor(self._model_thread, self._write_heatmap, case, prediction, stored.id)
+        if self.after_score is not None:
+            hook = self.after_score
+            task = asyncio.create_task(_quietly(hook(stored, case, prediction), stored.id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return Checked(stored, cached=False)
+
+    def _score_one(self, case: Case) -> tuple[CrossCheckResult, Prediction]:
+        ((result, prediction),) = self.scorer.explain_many([case], batch_size=1)
+        owner = case.patient_id or case.study.patient.patient_id or "unknown"
+        self.hash_index.add(case.study, owner)
+        return result, prediction
+
+    def _write_heatmap(self, case: Case, prediction: Prediction, result_id: str) -> None:
+        from fusion.explain import write_heatmap_png
+
+        try:
+            write_heatmap_png(
+                case,
+                prediction.heatmap,
+                self.heatmap_path(result_id),
+                config=self.scorer.bundle.config.features,
+            )
+        except (OSError, ValueError) as exc:
+            logger.warning("no heatmap for result %s (%s)", result_id, type(exc).__name__)
+
+
+async def _quietly(work: Awaitable[None], result_id: str) -> None:
+    try:
+        await work
+    except Exception as exc:  # write-back must never fail the caller
+        logger.warning("write-back failed (%s)", type(exc).__name__)
+        logger.debug("write-back of result %s failed: %s", result_id, _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _log_failure(task: asyncio.Task[Checked]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("scoring past the deadline failed (%s)", type(exc).__name__)
+        logger.debug("scoring past the deadline failed: %s", _reason(exc))
