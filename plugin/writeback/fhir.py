@@ -243,7 +243,7 @@ async def _write(
     else:
         data["id"] = str(identifier["value"]).removeprefix("urn:uuid:")
         written = await client.update(data)
-    logger.debug("%s %s (%s)", "created" if written.created else "kept", written.reference, mode.value)
+    logger.debug("%s %s (%s)", "created" if written.created else "existing", written.reference, mode.value)
     return written.reference
 
 
