@@ -11,6 +11,14 @@
      |    +-- SchemaTooNew         written by a newer imaging-crosscheck than this one
      |    +-- SchemaOutOfDate      older than this code, and opened without migrating
      |    +-- ResultNotFound       a result id that is not stored (404)
+     +-- CdsCallError              a CDS Hooks call this service cannot answer as asked
+     |    +-- CdsRequestInvalid    400: the request, its context or a feedback is not CDS Hooks 2.0.1
+     |    |    +-- PrefetchInvalid 400: a prefetch value that is not valid FHIR R4 (.key)
+     |    +-- UnknownCdsService    404: no CDS Service with that id
+     |    +-- PrefetchUnavailable  412: FHIR data neither prefetched nor obtainable from fhirServer
+     +-- WriteBackError            a result could not be written back to the FHIR server or the PACS
+     |    +-- UnsuitableResult     the result or the arguments cannot be written as asked (fix the caller)
+     |    +-- InvalidWriteBack     what the write-back built does not validate (a bug here: report it)
      +-- RequestInvalid            a request to the service that cannot be answered as sent (400)
      +-- ApiAuthenticationError    a REST call without a valid API key or bearer token (401)
 
@@ -18,20 +26,31 @@ Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch b
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
 (``CdsAuthenticationError`` to 401). Store messages name the database (password hidden),
 revisions and result ids, never patient data or SQL parameters.
+``CdsRequestInvalid.problems`` lists each wrong field as a `FieldProblem` (its location, such as
+``context.patientId`` or ``prefetch.conditions``, and what is wrong with it), ready to become the
+``issue`` entries of an OperationOutcome; no problem carries the offending value. Refusals by the
+servers themselves are the connectors' ``ServerError`` hierarchy, not these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
     "ApiAuthenticationError",
     "CdsAuthReason",
     "CdsAuthenticationError",
+    "CdsCallError",
     "CdsClientsConfigError",
     "CdsJwksUnavailable",
+    "CdsRequestInvalid",
+    "FieldProblem",
+    "InvalidWriteBack",
     "MigrationFailed",
     "PluginError",
+    "PrefetchInvalid",
     "PrefetchUnavailable",
     "RequestInvalid",
     "ResultNotFound",
@@ -39,7 +58,10 @@ __all__ = [
     "SchemaTooNew",
     "StoreError",
     "StoreUnavailable",
+    "UnknownCdsService",
+    "UnsuitableResult",
     "UsageError",
+    "WriteBackError",
 ]
 
 CdsAuthReason = Literal[
@@ -132,5 +154,87 @@ class ApiAuthenticationError(PluginError):
     """A REST call without a valid API key or OAuth2 bearer token (401)."""
 
 
-class PrefetchUnavailable(PluginError):
-    """A CDS Hooks call without the prefetch the service needs and no FHIR server to ask (412)."""
+# -- CDS Hooks calls (plugin.cds) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One wrong field of a CDS Hooks JSON document: where (``prefetch.patient``) and what is wrong."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class CdsCallError(PluginError):
+    """A CDS Hooks call this service cannot answer as asked."""
+
+
+class CdsRequestInvalid(CdsCallError):
+    """The request, its ``context``, or a feedback is not as CDS Hooks 2.0.1 says (HTTP 400)."""
+
+    def __init__(self, what: str, problems: Iterable[FieldProblem]) -> None:
+        self.problems = tuple(problems)
+        listed = "; ".join(str(p) for p in self.problems[:5])
+        more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(f"{what}: {listed}{more}" if listed else what)
+
+
+class PrefetchInvalid(CdsRequestInvalid):
+    """A prefetch value that is not what its template asks for or does not validate as FHIR R4."""
+
+    def __init__(self, key: str, problems: Iterable[FieldProblem]) -> None:
+        self.key = key
+        super().__init__(
+            f"prefetch key {key!r} is not valid FHIR R4; send what the template asks for, or omit the key",
+            problems,
+        )
+
+
+class UnknownCdsService(CdsCallError):
+    """No CDS Service with that id (HTTP 404)."""
+
+
+class PrefetchUnavailable(CdsCallError):
+    """FHIR data the service needs was neither prefetched nor obtainable from ``fhirServer`` (HTTP 412).
+
+    ``keys`` are the prefetch keys that could not be satisfied.
+    """
+
+    def __init__(self, message: str, keys: Iterable[str]) -> None:
+        self.keys = tuple(keys)
+        super().__init__(message)
+
+
+# -- write-back (plugin.writeback) --------------------------------------------------------------
+
+
+class WriteBackError(PluginError):
+    """A ``CrossCheckResult`` could not be written back as a FHIR resource or a DICOM SR."""
+
+
+class UnsuitableResult(WriteBackError):
+    """The result or the arguments given with it cannot be written as asked: bad result data.
+
+    For example a ``DetectedIssue`` asked for a study that was not flagged, a result
+    without the model that made it, a reference that is not ``Patient/[id]``, or a
+    heatmap for an image that is not among the source instances.
+    """
+
+
+class InvalidWriteBack(WriteBackError):
+    """A resource or Structured Report built from a well-formed result does not validate.
+
+    This is a bug in imaging-crosscheck's write-back, not in the data: ``what`` names
+    the object (``DetectedIssue``, ``Comprehensive 3D SR``) and ``reason`` the rule it broke.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(
+            f"the {what} built by imaging-crosscheck's write-back does not validate ({reason}); "
+            "this is a bug in imaging-crosscheck, not in the result: please report it with the result JSON"
+        )

@@ -325,7 +325,19 @@ class DicomWebSource:
         stored = 0
         for start in range(0, len(files), batch):
             datasets = [pydicom.dcmread(f) for f in files[start : start + batch]]
-            response = self._call("STOW-RS", lambda ds=datasets: self._client.store_instances(ds))
+            stored += self.store_datasets(datasets, batch=batch)
+        return stored
+
+    def store_datasets(self, datasets: Sequence[Dataset], *, batch: int = 16) -> int:
+        """STOW-RS datasets held in memory (e.g. a Structured Report just made), ``batch`` a request.
+
+        The number stored; a `ServerError` naming the failure reasons when the PACS
+        refuses any of them (its ``FailedSOPSequence``).
+        """
+        stored = 0
+        for start in range(0, len(datasets), batch):
+            chunk = list(datasets[start : start + batch])
+            response = self._call("STOW-RS", lambda ds=chunk: self._client.store_instances(ds))
             failed = response.get("FailedSOPSequence") if response is not None else None
             if failed:
                 reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
@@ -334,7 +346,7 @@ class DicomWebSource:
                     f"(failure reasons {', '.join(reasons)})",
                     url=f"{self.url}/studies",
                 )
-            stored += len(datasets)
+            stored += len(chunk)
         return stored
 
     # -- helpers ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A FHIR R4 REST client (httpx, async): capabilities, read, search with paging, transactions.
+"""A FHIR R4 REST client (httpx, async): capabilities, read, search with paging, create, update, transactions.
 
     async with FhirClient("https://ehr.example.org/fhir", credentials=Credentials(token=...)) as fhir:
         await fhir.capabilities()
@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
+from urllib.parse import urlencode
 
 import httpx
 
@@ -26,7 +28,7 @@ from connectors.auth import Credentials, httpx_auth
 from connectors.errors import RequestRejected, ServerError
 from connectors.http import RetryPolicy, Timeouts, redact_url, send
 
-__all__ = ["FHIR_JSON", "FhirClient", "SearchPage"]
+__all__ = ["FHIR_JSON", "FhirClient", "SearchPage", "Written"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,27 @@ class SearchPage:
         )
         total = bundle.get("total")
         self.total = total if isinstance(total, int) else None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a create or update left on the server: the resource's type, id and version.
+
+    ``created`` is True when the server made a new resource (HTTP 201), False when a
+    conditional create found one already there or an update replaced one (HTTP 200).
+    ``resource`` is the body the server returned, when it returned one.
+    """
+
+    resource_type: str
+    id: str
+    version_id: str | None
+    created: bool
+    resource: JSON | None = None
+
+    @property
+    def reference(self) -> str:
+        """The relative reference, ``[type]/[id]``."""
+        return f"{self.resource_type}/{self.id}"
 
 
 class FhirClient:
@@ -185,6 +208,46 @@ class FhirClient:
             found.extend(page.included)
         return found
 
+    async def create(self, resource: JSON, *, if_none_exist: Params | None = None) -> Written:
+        """``POST [base]/[type]``; with ``if_none_exist`` a conditional create (``If-None-Exist``).
+
+        A conditional create is safe to retry (the server creates at most one
+        resource matching the criteria), so it is retried like a read; a plain
+        create only when the server cannot have acted on it. A server that holds
+        more than one match answers 412, raised as `RequestRejected`.
+        """
+        resource_type = _resource_type(resource)
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_none_exist is not None:
+            criteria = _query(if_none_exist)
+            if not criteria:
+                raise ValueError("a conditional create needs search criteria in if_none_exist")
+            headers["If-None-Exist"] = urlencode(criteria)
+        response = await self.request(
+            "POST",
+            f"{self.base_url}/{resource_type}",
+            json=resource,
+            headers=headers,
+            what=f"FHIR create of {resource_type}",
+            idempotent=if_none_exist is not None,
+        )
+        return self._written(response, resource_type)
+
+    async def update(self, resource: JSON) -> Written:
+        """``PUT [base]/[type]/[id]``: replaces the resource, or creates it with that id where the
+        server allows clients to choose ids (``CapabilityStatement.rest.resource.updateCreate``)."""
+        resource_type = _resource_type(resource)
+        resource_id = str(resource.get("id") or "")
+        _check_segment(resource_id, "resource id")
+        response = await self.request(
+            "PUT",
+            f"{self.base_url}/{resource_type}/{resource_id}",
+            json=resource,
+            headers={"Content-Type": FHIR_JSON, "Prefer": "return=representation"},
+            what=f"FHIR update of {resource_type}",
+        )
+        return self._written(response, resource_type)
+
     async def transaction(self, bundle: JSON) -> JSON:
         """POST a transaction (or batch) Bundle to the base; the response Bundle."""
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in ("transaction", "batch"):
@@ -238,6 +301,34 @@ class FhirClient:
             )
         return body
 
+    def _written(self, response: httpx.Response, resource_type: str) -> Written:
+        """The id and version of a created or updated resource, from its body or its ``Location``."""
+        body: Any = None
+        if response.content:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+        resource = body if isinstance(body, dict) and body.get("resourceType") == resource_type else None
+        resource_id = str(resource.get("id") or "") if resource else ""
+        version_id = str((resource.get("meta") or {}).get("versionId") or "") if resource else ""
+        location = response.headers.get("Location") or response.headers.get("Content-Location") or ""
+        path = httpx.URL(location).path.rstrip("/").split("/") if location else []
+        if "_history" in path and path.index("_history") >= 2:
+            at = path.index("_history")
+            resource_id = resource_id or path[at - 1]
+            version_id = version_id or (path[at + 1] if len(path) > at + 1 else "")
+        elif len(path) >= 2 and path[-2] == resource_type:
+            resource_id = resource_id or path[-1]
+        if not resource_id:
+            raise RequestRejected(
+                f"the server answered the write of a {resource_type} with HTTP {response.status_code} "
+                "but neither a resource nor a Location saying where it is",
+                url=redact_url(response.request.url),
+                status=response.status_code,
+            )
+        return Written(resource_type, resource_id, version_id or None, response.status_code == 201, resource)
+
     def same_server(self, link: str) -> str:
         """``link`` as an absolute URL on this server; `RequestRejected` if it points at another one."""
         target = httpx.URL(self.base_url + "/").join(link)  # also resolves scheme-relative //host links
@@ -262,6 +353,14 @@ def _query(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         else:
             pairs.append((key, str(value)))
     return pairs
+
+
+def _resource_type(resource: JSON) -> str:
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        raise ValueError("a resource to write needs its resourceType")
+    _check_segment(resource_type, "resource type")
+    return resource_type
 
 
 def _check_segment(value: str, what: str) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 
 from connectors.auth import Credentials
 from connectors.errors import RemoteNotFound, RequestRejected, ServerFailed
-from connectors.fhir.rest import FHIR_JSON, FhirClient, SearchPage
+from connectors.fhir.rest import FHIR_JSON, FhirClient, SearchPage, Written
 from connectors.http import RetryPolicy
 
 BASE = "https://ehr.example.org/fhir"
@@ -337,6 +339,84 @@ def test_transaction_is_not_retried_on_500_but_is_on_503() -> None:
     assert len(server.requests) == 1
     assert server.run(lambda fhir: fhir.transaction(TRANSACTION)) == {"resourceType": "Bundle"}
     assert len(server.requests) == 3
+
+
+# -- create and update ------------------------------------------------------------------------------
+
+FLAG = {"resourceType": "Flag", "status": "active", "identifier": [{"system": "urn:x", "value": "a|b"}]}
+
+
+def _echo(status: int, **headers: str) -> Handler:
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        body = {**sent, "id": sent.get("id", "f1"), "meta": {"versionId": "3"}}
+        return httpx.Response(status, json=body, headers=headers)
+
+    return answer
+
+
+def test_create_posts_to_the_type_and_says_what_it_made() -> None:
+    server = Server(_echo(201))
+    written = server.run(lambda fhir: fhir.create(FLAG))
+    assert written == Written("Flag", "f1", "3", True, {**FLAG, "id": "f1", "meta": {"versionId": "3"}})
+    assert written.reference == "Flag/f1"
+    (request,) = server.requests
+    assert request.method == "POST" and str(request.url) == f"{BASE}/Flag"
+    assert request.headers["Content-Type"] == FHIR_JSON and "If-None-Exist" not in request.headers
+
+
+def test_conditional_create_sends_the_criteria_as_a_query_in_if_none_exist() -> None:
+    server = Server(_echo(200))
+    written = server.run(
+        lambda fhir: fhir.create(FLAG, if_none_exist={"identifier": "urn:x|a|b", "status": "active"})
+    )
+    assert written.created is False  # 200: the server already had one
+    (request,) = server.requests
+    assert parse_qsl(request.headers["If-None-Exist"]) == [("identifier", "urn:x|a|b"), ("status", "active")]
+    with pytest.raises(ValueError, match="search criteria"):
+        server.run(lambda fhir: fhir.create(FLAG, if_none_exist={}))
+
+
+def test_a_plain_create_is_not_retried_on_500_but_a_conditional_one_is() -> None:
+    answers = iter([httpx.Response(500), httpx.Response(500), _echo(201)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        return answer(request) if callable(answer) else answer
+
+    server = Server(handler)
+    with pytest.raises(ServerFailed):
+        server.run(lambda fhir: fhir.create(FLAG))
+    assert len(server.requests) == 1
+    assert server.run(lambda fhir: fhir.create(FLAG, if_none_exist={"identifier": "urn:x|a"})).created
+    assert len(server.requests) == 3
+
+
+def test_create_reads_the_location_when_the_server_returns_no_body() -> None:
+    location = f"{BASE}/Flag/f9/_history/2"
+    server = Server(lambda request: httpx.Response(201, headers={"Location": location}))
+    assert server.run(lambda fhir: fhir.create(FLAG)) == Written("Flag", "f9", "2", True, None)
+    server = Server(lambda request: httpx.Response(201))
+    with pytest.raises(RequestRejected, match="neither a resource nor a Location"):
+        server.run(lambda fhir: fhir.create(FLAG))
+
+
+def test_update_puts_at_type_and_id() -> None:
+    server = Server(_echo(201))
+    written = server.run(lambda fhir: fhir.update({**FLAG, "id": "chosen-1"}))
+    assert (written.reference, written.created) == ("Flag/chosen-1", True)
+    (request,) = server.requests
+    assert request.method == "PUT" and str(request.url) == f"{BASE}/Flag/chosen-1"
+
+
+@pytest.mark.parametrize(
+    "resource", [FLAG, {**FLAG, "id": "a/b"}, {"id": "x"}, {"resourceType": "Fl/ag", "id": "x"}]
+)
+def test_update_refuses_a_resource_without_a_usable_type_and_id(resource: dict[str, Any]) -> None:
+    server = Server(_echo(200))
+    with pytest.raises(ValueError):
+        server.run(lambda fhir: fhir.update(resource))
+    assert server.requests == []
 
 
 # -- the client itself ----------------------------------------------------------------------------
