@@ -544,7 +544,7 @@ def test_report_sign_invalid_draft_is_a_context_problem() -> None:
 
 def test_cited_resource_of_another_patient_is_left_out() -> None:
     elsewhere = {**report("dr-8", "is-1"), "subject": {"reference": "Patient/p-2"}}
-    fhir = FakeFhir(chart() + [elsewhere], page_size=50)
+    fhir = FakeFhir([*chart(), elsewhere], page_size=50)
     context = {
         "userId": "Practitioner/dr-1",
         "patientId": "p-1",
