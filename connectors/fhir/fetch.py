@@ -31,7 +31,14 @@ from connectors.fhir.extract import records_from_resources
 from connectors.fhir.rest import FhirClient
 from connectors.strictness import Strictness
 
-__all__ = ["PATIENT_SEARCHES", "FetchedRecord", "fetch_record", "patient_searches", "supported_types"]
+__all__ = [
+    "PATIENT_SEARCHES",
+    "FetchedRecord",
+    "fetch_record",
+    "fetch_referenced",
+    "patient_searches",
+    "supported_types",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +123,7 @@ async def fetch_record(
     resources: dict[tuple[str, str], JSON] = {}
     for resource in [patient, *(r for batch in found for r in batch)]:
         _keep(resources, resource)
-    await _fetch_referenced(client, resources, "Device", _device_refs(resources.values()), supported)
-    await _fetch_referenced(client, resources, "Endpoint", _endpoint_refs(resources.values()), supported)
+    await fetch_referenced(client, resources, supported)
     records = records_from_resources(
         list(resources.values()), strictness=strictness, source=f"FHIR server {client.safe_url}"
     )
@@ -128,6 +134,15 @@ async def fetch_record(
         "fetched Patient/%s: %d resources in %d requests", patient_id, len(resources), client.requests - start
     )
     return FetchedRecord(record=record, resources=len(resources), requests=client.requests - start)
+
+
+async def fetch_referenced(
+    client: FhirClient, resources: dict[tuple[str, str], JSON], supported: frozenset[str] | None = None
+) -> None:
+    """Add to ``resources`` (keyed by type and id) the Devices and Endpoints its ImagingStudies
+    reference but it lacks: one ``_id`` search per 50 of each type."""
+    await _fetch_referenced(client, resources, "Device", _device_refs(resources.values()), supported)
+    await _fetch_referenced(client, resources, "Endpoint", _endpoint_refs(resources.values()), supported)
 
 
 def _keep(resources: dict[tuple[str, str], JSON], resource: JSON) -> None:
