@@ -11,6 +11,7 @@
      |    +-- SchemaTooNew         written by a newer imaging-crosscheck than this one
      |    +-- SchemaOutOfDate      older than this code, and opened without migrating
      |    +-- ResultNotFound       a result id that is not stored (404)
+     |    +-- DuplicateCard        a Card uuid recorded already (or twice in one call)
      +-- CdsCallError              a CDS Hooks call this service cannot answer as asked
      |    +-- CdsRequestInvalid    400: the request, its context or a feedback is not CDS Hooks 2.0.1
      |    |    +-- PrefetchInvalid 400: a prefetch value that is not valid FHIR R4 (.key)
@@ -46,6 +47,7 @@ __all__ = [
     "CdsClientsConfigError",
     "CdsJwksUnavailable",
     "CdsRequestInvalid",
+    "DuplicateCard",
     "FieldProblem",
     "InvalidWriteBack",
     "MigrationFailed",
@@ -141,6 +143,10 @@ class SchemaOutOfDate(StoreError):
 
 class ResultNotFound(StoreError):
     """A result id that the store does not hold (e.g. feedback naming the result its Card came from)."""
+
+
+class DuplicateCard(StoreError):
+    """A Card whose ``uuid`` the store holds already: a Card is recorded once, when it is issued."""
 
 
 # -- the service (plugin.service) ---------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The plugin's database: results, CDS Hooks feedback, the audit trail, and the used CDS
-Client JWT ids (``jti``).
+"""The plugin's database: results, the CDS Hooks Cards issued and their feedback, the audit
+trail, and the used CDS Client JWT ids (``jti``).
 
 SQLite file by default, PostgreSQL by URL (``postgresql+psycopg://user@host/db``, with
 ``pip install 'imaging-crosscheck[postgresql]'``); the schema is migrated with Alembic
@@ -18,7 +18,10 @@ from plugin.store.records import (
     ActorKind,
     AuditAction,
     AuditEvent,
+    CardIndicator,
+    CardKind,
     FeedbackOutcome,
+    IssuedCard,
     OverrideReason,
     ResultSource,
     StoredFeedback,
@@ -34,7 +37,10 @@ __all__ = [
     "ActorKind",
     "AuditAction",
     "AuditEvent",
+    "CardIndicator",
+    "CardKind",
     "FeedbackOutcome",
+    "IssuedCard",
     "OverrideReason",
     "ResultSource",
     "Store",

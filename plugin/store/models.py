@@ -4,6 +4,7 @@
 ``cds_feedback``   CDS Hooks Feedback entries, one row per entry (a Card may get several)
 ``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
 ``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire
+``cds_cards``      the Cards this service answered hook calls with, and the result each came from
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -25,6 +26,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "AuditEventRow",
     "Base",
+    "CardRow",
     "FeedbackRow",
     "JtiRow",
     "ResultRow",
@@ -149,3 +151,19 @@ class JtiRow(Base):
     iss: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     jti: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class CardRow(Base):
+    """A CDS Hooks Card this service answered a hook call with: what ties a Feedback (which names
+    only the Card's ``uuid``) to the result the Card came from."""
+
+    __tablename__ = "cds_cards"
+
+    card_uuid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    service_id: Mapped[str] = mapped_column(sa.String(255))
+    hook_instance: Mapped[str | None] = mapped_column(sa.String(255))
+    # NULL for a "running" or "consistent" Card: it may cover no single result
+    result_id: Mapped[str | None] = mapped_column(sa.ForeignKey("results.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    indicator: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

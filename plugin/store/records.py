@@ -21,7 +21,10 @@ __all__ = [
     "ActorKind",
     "AuditAction",
     "AuditEvent",
+    "CardIndicator",
+    "CardKind",
     "FeedbackOutcome",
+    "IssuedCard",
     "OverrideReason",
     "ResultSource",
     "StoredFeedback",
@@ -46,6 +49,23 @@ class FeedbackOutcome(StrEnum):
 
     ACCEPTED = "accepted"
     OVERRIDDEN = "overridden"
+
+
+class CardKind(StrEnum):
+    """What a Card says: a result flagged, a study checked and ``consistent``, or the check still
+    ``running`` (the scoring deadline passed)."""
+
+    FLAG = "flag"
+    CONSISTENT = "consistent"
+    RUNNING = "running"
+
+
+class CardIndicator(StrEnum):
+    """A Card's ``indicator``: its urgency, as the CDS Hooks specification names it."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
 
 
 class ActorKind(StrEnum):
@@ -124,6 +144,32 @@ class StoredFeedback:
     client_sub: str | None
     received_at: datetime
     result_id: str | None
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A Card this service answered a hook call with: its ``uuid``, the CDS Service and the
+    call's ``hookInstance``, the result it came from, its kind and ``indicator``.
+
+    ``result_id`` is required for a ``flag`` Card; a ``running`` or ``consistent`` one may cover
+    no single result (``None``). ``created_at`` is set by the store: ``None`` on the way in.
+    """
+
+    card_uuid: str
+    service_id: str
+    hook_instance: str | None
+    result_id: str | None
+    kind: CardKind
+    indicator: CardIndicator
+    created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, CardKind):
+            object.__setattr__(self, "kind", CardKind(self.kind))
+        if not isinstance(self.indicator, CardIndicator):
+            object.__setattr__(self, "indicator", CardIndicator(self.indicator))
+        if self.kind is CardKind.FLAG and self.result_id is None:
+            raise ValueError(f"flag Card {self.card_uuid} needs the result_id of the result it came from")
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,19 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from fusion.result import CrossCheckResult
-from plugin.errors import ResultNotFound, StoreError, StoreUnavailable
+from plugin.errors import DuplicateCard, ResultNotFound, StoreError, StoreUnavailable
 from plugin.store.engine import DEFAULT_BUSY_TIMEOUT_S, WRITE, create_store_engine, database_url, describe_url
 from plugin.store.migrate import prepare_schema
-from plugin.store.models import AuditEventRow, FeedbackRow, JtiRow, ResultRow
+from plugin.store.models import AuditEventRow, CardRow, FeedbackRow, JtiRow, ResultRow
 from plugin.store.records import (
     Actor,
     ActorKind,
     AuditAction,
     AuditEvent,
+    CardIndicator,
+    CardKind,
     FeedbackOutcome,
+    IssuedCard,
     OverrideReason,
     ResultSource,
     StoredFeedback,
@@ -56,7 +59,7 @@ def _utc_now() -> datetime:
 
 
 class Store:
-    """The plugin's database: results, CDS Hooks feedback, the audit trail, used CDS ``jti``.
+    """The plugin's database: results, CDS Hooks Cards and feedback, the audit trail, used CDS ``jti``.
 
     Open it with :meth:`open`; use it as a context manager or call :meth:`close`.
     """
@@ -204,6 +207,72 @@ class Store:
             row = session.scalars(query).first()
             return None if row is None else _stored_result(row)
 
+    # -- CDS Hooks Cards -------------------------------------------------------------------
+
+    def record_cards(self, cards: Sequence[IssuedCard]) -> None:
+        """Store the Cards of one hook answer, all or none, stamped with the store's clock: what
+        ties a later Feedback (which names only the Card's ``uuid``) to the result it came from.
+
+        Raises :class:`~plugin.errors.DuplicateCard` for a ``uuid`` already stored or given twice,
+        :class:`~plugin.errors.ResultNotFound` for a ``result_id`` the store does not hold.
+        """
+        uuids = [card.card_uuid for card in cards]
+        repeated = sorted({u for u in uuids if uuids.count(u) > 1})
+        if repeated:
+            raise DuplicateCard(f"Card {repeated[0]} is given twice: give each Card its own uuid")
+        if not cards:
+            return
+        if any(card.created_at is not None for card in cards):
+            raise ValueError("the store sets created_at: leave it None in the cards to record")
+        now = self._now()
+        try:
+            with self._transaction(write=True, integrity_errors=True) as session:
+                session.add_all(
+                    CardRow(
+                        card_uuid=card.card_uuid,
+                        service_id=card.service_id,
+                        hook_instance=card.hook_instance,
+                        result_id=card.result_id,
+                        kind=card.kind.value,
+                        indicator=card.indicator.value,
+                        created_at=now,
+                    )
+                    for card in cards
+                )
+        except IntegrityError as exc:
+            raise self._cards_refused(cards) from exc
+        logger.debug("recorded %d Cards for hookInstance %s", len(cards), cards[0].hook_instance)
+
+    def card(self, card_uuid: str) -> IssuedCard | None:
+        """The Card recorded under ``card_uuid`` (with ``created_at``), or ``None``."""
+        with self._transaction(write=False) as session:
+            row = session.get(CardRow, card_uuid)
+            return None if row is None else _issued_card(row)
+
+    def _cards_refused(self, cards: Sequence[IssuedCard]) -> StoreError:
+        """Why the database refused ``cards`` (looked up after the fact: no cost when it does not)."""
+        named = {card.result_id for card in cards if card.result_id is not None}
+        with self._transaction(write=False) as session:
+            held = set(session.scalars(sa.select(ResultRow.id).where(ResultRow.id.in_(named))))
+            stored = set(
+                session.scalars(
+                    sa.select(CardRow.card_uuid).where(CardRow.card_uuid.in_([c.card_uuid for c in cards]))
+                )
+            )
+        for card in cards:
+            if card.result_id is not None and card.result_id not in held:
+                return ResultNotFound(
+                    f"Card {card.card_uuid} names result {card.result_id}, which the store does not hold: "
+                    "save the result first and give the id that save_result returned"
+                )
+        for card in cards:
+            if card.card_uuid in stored:
+                return DuplicateCard(
+                    f"Card {card.card_uuid} is recorded already: a Card is recorded once, when it is issued; "
+                    "give each new Card a new uuid"
+                )
+        return StoreError(f"the database {self._where} refused the Cards; none was recorded")
+
     # -- CDS Hooks feedback ----------------------------------------------------------------
 
     def record_feedback(
@@ -223,7 +292,8 @@ class Store:
         """Store one Feedback entry for the Card ``card_uuid`` of service ``service_id``.
 
         The same Card may get feedback several times (the specification allows it): each is
-        kept. ``result_id`` is the result the Card came from, when known; an unknown one raises
+        kept. ``result_id`` is the result the Card came from, when known (:meth:`card` gives it
+        for a Card recorded with :meth:`record_cards`); an unknown one raises
         :class:`~plugin.errors.ResultNotFound`.
         """
         outcome = FeedbackOutcome(outcome)
@@ -485,6 +555,18 @@ def _stored_feedback(row: FeedbackRow) -> StoredFeedback:
         client_sub=row.client_sub,
         received_at=row.received_at,
         result_id=row.result_id,
+    )
+
+
+def _issued_card(row: CardRow) -> IssuedCard:
+    return IssuedCard(
+        card_uuid=row.card_uuid,
+        service_id=row.service_id,
+        hook_instance=row.hook_instance,
+        result_id=row.result_id,
+        kind=CardKind(row.kind),
+        indicator=CardIndicator(row.indicator),
+        created_at=row.created_at,
     )
 
 

@@ -15,13 +15,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from plugin.errors import MigrationFailed, SchemaOutOfDate, SchemaTooNew, StoreError
-from plugin.store import Store
+from plugin.store import Actor, ActorKind, AuditAction, CardKind, IssuedCard, Store
 from plugin.store.ddl import append_only_triggers
 from plugin.store.engine import create_store_engine, database_url
 from plugin.store.migrate import alembic_config, current_revisions, head_revisions
 from plugin.store.models import Base
 
-TABLES = {"results", "cds_feedback", "audit_events", "cds_jti"}
+TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"}
 
 
 def _tables(path: Path) -> set[str]:
@@ -88,6 +88,48 @@ def test_downgrade_to_base_and_up_again(db_path: Path) -> None:
     assert (_revision(db_path),) == head_revisions()
 
 
+def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
+    Store.open(db_path).close()
+    config = alembic_config(db_path)
+    command.downgrade(config, "0001")
+    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"}
+    assert _revision(db_path) == "0001"
+    command.upgrade(config, "0002")
+    assert TABLES <= _tables(db_path)
+    assert _revision(db_path) == "0002"
+
+
+def test_a_database_at_0001_with_data_upgrades_to_0002_keeping_its_rows(db_path: Path, make_result) -> None:
+    """A database written by the previous version: its results, feedback and audit trail survive,
+    and an old result can be named by a Card after the upgrade."""
+    command.upgrade(alembic_config(db_path), "0001")
+    engine = create_store_engine(database_url(db_path))
+    old = Store(engine)  # the tables of 0001 are all an old Store wrote to
+    try:
+        result = old.save_result(make_result(), source="ingest", inputs={"study": "1.2.3"})
+        feedback = old.record_feedback(
+            service_id="s",
+            card_uuid="card-before-0002",
+            outcome="overridden",
+            outcome_timestamp=result.created_at,
+            result_id=result.id,
+        )
+        event = old.audit(AuditAction.RESULT_CREATE, Actor(ActorKind.SYSTEM), result_id=result.id)
+    finally:
+        old.close()
+    assert _revision(db_path) == "0001"
+    assert "cds_cards" not in _tables(db_path)
+
+    with Store.open(db_path) as store:
+        assert _revision(db_path) == "0002"
+        assert store.get_result(result.id) == result
+        assert store.feedback_for() == [feedback]
+        assert store.audit_events() == [event]
+        store.record_cards([IssuedCard("card-after-0002", "s", None, result.id, CardKind.FLAG, "warning")])
+        card = store.card("card-after-0002")
+        assert card is not None and card.result_id == result.id
+
+
 def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
     Store.open(db_path).close()
     with sqlite3.connect(db_path) as db:
@@ -135,6 +177,8 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     for statement in append_only_triggers("audit_events", "postgresql"):
         assert statement in sql
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+    assert "CONSTRAINT fk_cds_cards_result_id_results FOREIGN KEY(result_id) REFERENCES results (id)" in sql
+    assert "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'" in sql
 
 
 def test_append_only_triggers_exist_for_the_two_dialects_only() -> None:
