@@ -65,6 +65,7 @@ __all__ = [  # constants (MODALITIES, NUM_TOKEN_KINDS) are importable but left o
     "FeatureConfig",
     "TokenKind",
     "central_frame",
+    "examined_frame",
     "extract_features",
     "hash_bucket",
     "lab_label",
@@ -315,6 +316,28 @@ def _image_views(
     return image.astype(np.float32), modality, _forensic(central, crop)[None], True
 
 
+def _examined_position(frames: int, mod_name: str) -> int:
+    return (
+        min(frames - 1, round(0.5 * (frames - 1)))
+        if frames >= 3 and mod_name in {"CT", "MR"}
+        else frames // 2
+    )
+
+
+def examined_frame(case: Case) -> tuple[Instance, int] | None:
+    """The instance, and its 1-based frame number, whose frame the forensic branch examines
+    (`central_frame` shows it); None when the study has no pixels."""
+    try:
+        series = _image_series(case)
+    except ValueError:
+        return None
+    reader = _FrameReader(series)
+    if len(reader) == 0:
+        return None
+    instance, k = reader.index[_examined_position(len(reader), modality_name(series.modality))]
+    return instance, k + 1
+
+
 def central_frame(
     case: Case, config: FeatureConfig
 ) -> tuple[NDArray[np.float32], str, tuple[int, int]] | None:
@@ -326,10 +349,7 @@ def central_frame(
         if len(reader) == 0:
             return None
         mod_name = modality_name(series.modality)
-        n = len(reader)
-        frame = reader.frame(
-            min(n - 1, round(0.5 * (n - 1))) if n >= 3 and mod_name in {"CT", "MR"} else n // 2
-        )
+        frame = reader.frame(_examined_position(len(reader), mod_name))
     except Exception:  # undecodable pixels: nothing to show (the checks report it)
         return None
     shown = _normalise([frame], mod_name)[0]

@@ -25,9 +25,12 @@ holds what only the service has.
 | ``say_consistent`` | ``CROSSCHECK_SAY_CONSISTENT`` | an info card "checked, consistent" when all is well |
 | ``smart_app_url`` | ``CROSSCHECK_SMART_APP_URL`` | SMART app launch URL for card links |
 | ``writeback_fhir`` / ``writeback_sr`` | ``CROSSCHECK_WRITEBACK_*`` | post DetectedIssue / store a DICOM SR |
+| ``writeback_fhir_mode`` | ``..._WRITEBACK_FHIR_MODE`` | conditional-create (default), update-as-create |
 | ``orthanc_url`` | ``CROSSCHECK_ORTHANC_URL`` | score new studies from Orthanc's change feed |
 | ``ingest_poll_s`` | ``CROSSCHECK_INGEST_POLL_S`` | seconds between polls of that feed (2) |
-| ``cors_origins`` | ``CROSSCHECK_CORS_ORIGINS`` | origins allowed by CORS (JSON list; default none) |
+| ``cors_origins`` | ``CROSSCHECK_CORS_ORIGINS`` | origins allowed by CORS (JSON list; default any) |
+| ``patient_view_max_studies`` | ``..._PATIENT_VIEW_MAX_STUDIES`` | studies a chart opening checks (3) |
+| ``patient_view_max_age_days`` | ``..._PATIENT_VIEW_MAX_AGE_DAYS`` | ... started at most this long ago (30) |
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -70,10 +73,12 @@ class Settings(BaseSettings):
     smart_app_url: str | None = None
     writeback_fhir: bool = False
     writeback_sr: bool = False
+    writeback_fhir_mode: Literal["conditional-create", "update-as-create"] = "conditional-create"
     orthanc_url: str | None = None
     ingest_poll_s: float = Field(default=2.0, gt=0)
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     patient_view_max_studies: int = Field(default=3, ge=1, le=50)
+    patient_view_max_age_days: float = Field(default=30.0, gt=0)
 
     @field_validator("public_url", "orthanc_url", "oauth_jwks_url", "smart_app_url")
     @classmethod

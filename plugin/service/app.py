@@ -17,12 +17,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from fusion.scorer import Scorer
+from plugin.cds.auth import CdsClientRegistry, CdsTokenVerifier
+from plugin.cds.services import StudyPolicy, make_services
 from plugin.errors import UsageError
 from plugin.servers import ServerSettings
 from plugin.service.auth import ApiAuth, load_api_keys
@@ -30,8 +33,9 @@ from plugin.service.engine import Engine
 from plugin.service.metrics import ServiceMetrics
 from plugin.service.outcome import install_error_handlers
 from plugin.service.state import ServiceState
+from plugin.service.writeback import make_writeback
 from plugin.settings import Settings, get_settings
-from plugin.store import Store
+from plugin.store import Store, StoreReplayCache
 
 __all__ = ["create_app"]
 
@@ -52,7 +56,11 @@ def _check_auth_settings(settings: Settings) -> None:
 
 
 def _build_state(
-    settings: Settings, servers: ServerSettings, metrics: ServiceMetrics, scorer: Scorer | None
+    settings: Settings,
+    servers: ServerSettings,
+    metrics: ServiceMetrics,
+    scorer: Scorer | None,
+    registry: CdsClientRegistry | None,
 ) -> ServiceState:
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,9 +84,17 @@ def _build_state(
         imaging=servers.imaging_source(),
         endpoint_source=servers.dicomweb_source,
     )
-    return ServiceState(
+    state = ServiceState(
         settings=settings, servers=servers, engine=engine, store=store, api_auth=api_auth, metrics=metrics
     )
+    policy = StudyPolicy(
+        count=settings.patient_view_max_studies, max_age=timedelta(days=settings.patient_view_max_age_days)
+    )
+    state.extras["cds_services"] = make_services(policy)
+    if registry is not None:
+        state.extras["cds_verifier"] = CdsTokenVerifier(registry, StoreReplayCache(store))
+    engine.after_score = make_writeback(state)
+    return state
 
 
 def create_app(
@@ -91,11 +107,12 @@ def create_app(
     settings = settings or get_settings()
     servers = servers or ServerSettings()
     _check_auth_settings(settings)
+    registry = CdsClientRegistry.load(settings.cds_clients) if settings.cds_clients is not None else None
     metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await asyncio.to_thread(_build_state, settings, servers, metrics, scorer)
+        state = await asyncio.to_thread(_build_state, settings, servers, metrics, scorer, registry)
         app.state.service = state
         from plugin.service.ingest import start_ingest
 
@@ -127,8 +144,9 @@ def create_app(
             allow_credentials=False,
             max_age=600,
         )
-    from plugin.service import ingest, ops, rest
+    from plugin.service import cds, ingest, ops, rest
 
+    app.include_router(cds.router)
     app.include_router(ops.router)
     app.include_router(rest.router)
     app.include_router(ingest.router)

@@ -61,7 +61,9 @@ async def record_for_study(state: ServiceState, study_instance_uid: str) -> Pati
     if state.servers.fhir_url is None:
         return None
     async with state.servers.fhir_client() as fhir:
-        found = await fhir.search_all("ImagingStudy", {"identifier": f"urn:oid:{study_instance_uid}"})
+        found = await fhir.search_all(
+            "ImagingStudy", {"identifier": f"urn:dicom:uid|urn:oid:{study_instance_uid}"}
+        )
         subjects = {
             str((r.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
             for r in found

@@ -33,6 +33,9 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (pe.CdsAuthenticationError, 401, "login"),
     (pe.ApiAuthenticationError, 401, "login"),
     (pe.RequestInvalid, 400, "invalid"),
+    (pe.CdsRequestInvalid, 400, "invalid"),
+    (pe.UnknownCdsService, 404, "not-found"),
+    (pe.UnsuitableResult, 422, "processing"),
     (pe.ResultNotFound, 404, "not-found"),
     (ce.FhirResourceInvalid, 422, "structure"),
     (ce.FhirBundleInvalid, 400, "structure"),
@@ -45,6 +48,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ce.ServerTimeout, 504, "timeout"),
     (ce.ServerError, 502, "transient"),
     (fe.CaseNotScorable, 422, "processing"),
+    (pe.DuplicateCard, 409, "duplicate"),
     (pe.StoreError, 503, "transient"),
     (pe.PluginError, 400, "invalid"),
 )
@@ -122,6 +126,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return operation_outcome(500, code, "internal error; the service log has its type")
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problems = getattr(exc, "problems", None) if isinstance(exc, pe.CdsRequestInvalid) else None
+        if problems:
+            issues = [
+                {"severity": "error", "code": code, "diagnostics": p.message, "expression": [p.location]}
+                for p in problems
+            ]
+            return operation_outcome(status, code, message, headers=headers, issues=issues)
         return operation_outcome(status, code, message, headers=headers)
 
     # Our own error families are answered here; anything else reaches Starlette's last-resort
