@@ -106,6 +106,7 @@ _REQUEST_BODY = {
                     "bundle": {"type": "string", "format": "binary", "description": "FHIR R4 Bundle (JSON)"},
                     "dicom": {
                         "type": "array",
+                        "minItems": 1,
                         "items": {"type": "string", "format": "binary"},
                         "description": "DICOM Part 10 files",
                     },
