@@ -13,8 +13,8 @@ arriving at ingest. The engine
   task), and lets a caller stop waiting at a deadline while the task goes on:
   the next call finds the result in the store;
 - keeps each result with a heatmap PNG beside it, and writes back (FHIR
-  DetectedIssue, DICOM SR) when configured, without ever failing the caller
-  because of it.
+  DetectedIssue, DICOM SR) when configured, both after the caller has its answer
+  and without ever failing the caller because of them.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class Engine:
         self.hash_index = scorer.hash_index if scorer.hash_index is not None else PerceptualHashIndex()
         scorer.hash_index = self.hash_index
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-model")
+        self._artifact_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-artifacts")
         self._inflight: dict[str, asyncio.Task[Checked]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.scored = 0
@@ -178,6 +179,7 @@ class Engine:
 
     def close(self) -> None:
         self._model_thread.shutdown(wait=True, cancel_futures=True)
+        self._artifact_thread.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ internals
     async def _fetch_and_score(
@@ -247,13 +249,17 @@ class Engine:
         )
         self.scored += 1
         logger.debug("scored study %s as result %s", case.study_instance_uid, stored.id)
-        await loop.run_in_executor(self._model_thread, self._write_heatmap, case, prediction, stored.id)
-        if self.after_score is not None:
-            hook = self.after_score
-            task = asyncio.create_task(_quietly(hook(stored, case, prediction), stored.id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        task = asyncio.create_task(self._after(stored, case, prediction))  # off the caller's path
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return Checked(stored, cached=False)
+
+    async def _after(self, stored: StoredResult, case: Case, prediction: Prediction) -> None:
+        """The heatmap PNG (its own thread: matplotlib is slow and not thread-safe), then write-back."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._artifact_thread, self._write_heatmap, case, prediction, stored.id)
+        if self.after_score is not None:
+            await _quietly(self.after_score(stored, case, prediction), stored.id)
 
     def _score_one(self, case: Case) -> tuple[CrossCheckResult, Prediction]:
         ((result, prediction),) = self.scorer.explain_many([case], batch_size=1)
