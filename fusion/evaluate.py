@@ -64,6 +64,10 @@ class EvaluationReport:
     ece_overall: float | None
     counts_by_family: dict[str, int] = field(default_factory=dict)  # manipulated cases per generator family
     auroc_by_family: dict[str, float | None] = field(default_factory=dict)  # overall, family vs clean
+    #: clean cases whose image is also filed under another patient (a wrong-patient case's donor):
+    #: the duplicate check rightly flags them, so the false-positive rate is also given without them
+    reused_clean: int = 0
+    false_positive_rate_unreused: float | None = None
     #: one per case, for plots: (kind or "clean", family, overall, consistency, synthetic, consistency target)
     points: tuple[ScorePoint, ...] = field(default=(), repr=False, compare=False)
 
@@ -110,6 +114,15 @@ class EvaluationReport:
             f"| all manipulated | {sum(n for k, n in self.counts.items() if k != 'clean')} | "
             f"{f(self.auroc_overall.get('all'))} | - |",
             "",
+            *(
+                [
+                    f"- false-positive rate without the {self.reused_clean} clean studies whose image is "
+                    f"also filed under another patient (flagged by the duplicate check, as they should be): "
+                    f"{f(self.false_positive_rate_unreused)}"
+                ]
+                if self.reused_clean
+                else []
+            ),
             f"- AUROC consistency head (inconsistent kinds vs clean): {f(self.auroc_consistency)}",
             f"- AUROC synthetic head (pixel kinds vs clean): {f(self.auroc_synthetic)}",
             f"- expected calibration error (15 bins): consistency {f(self.ece_consistency)}, "
@@ -261,6 +274,9 @@ def evaluate(
         if lc.family is not None and lc.manipulation is not None:
             by_family.setdefault(lc.family, []).append(r.scores.overall)
     clean_overall = list(overall[clean])
+    reused = np.array([lc.image_reused for lc in labelled_cases], bool)
+    unreused_clean = clean & ~reused
+    flagged = np.array([r.flagged for r in results], bool)
     points = tuple(
         ScorePoint(
             kind=lc.manipulation or "clean",
@@ -287,6 +303,8 @@ def evaluate(
         ece_synthetic=expected_calibration_error(s_scores, s_labels),
         ece_overall=expected_calibration_error(overall, ~clean),
         counts_by_family={k: len(v) for k, v in by_family.items()},
+        reused_clean=int((clean & reused).sum()),
+        false_positive_rate_unreused=float(flagged[unreused_clean].mean()) if unreused_clean.any() else None,
         auroc_by_family={
             k: auroc([0.0] * len(clean_overall) + [1.0] * len(v), clean_overall + v)
             for k, v in by_family.items()

@@ -78,6 +78,8 @@ class LabelledCase:
     manipulation: str | None
     label: Literal["clean", "manipulated"]
     family: str | None = None  # how a pixel manipulation was made (vae, gan, diffusion, copy-move ...)
+    #: a clean case whose image a wrong-patient case also files under another patient
+    image_reused: bool = False
 
     def __post_init__(self) -> None:
         if self.label not in ("clean", "manipulated"):

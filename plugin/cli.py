@@ -139,6 +139,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         work=Path(args.work) if args.work else None,
         exclude_families=tuple(f for f in (args.exclude_family or "").split(",") if f),
+        version=args.version,
     )
 
 
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for checkpoints and caches (default: <out>-work)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the --work folder")
+    p.add_argument("--version", default="0.1.0", help="version written into the bundle (default 0.1.0)")
     p.add_argument(
         "--exclude-family",
         help="leave these generator families (comma-separated, e.g. gan) out of training, "

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,17 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @cached_property
+    def reused_images(self) -> frozenset[str]:
+        """StudyInstanceUIDs of cohort studies whose image a wrong-patient case files again."""
+        return frozenset(
+            str(e.detail["donor_study_instance_uid"])
+            for e in self.entries
+            if e.manipulation == "wrong-patient"
+            and e.detail.get("donor_in_cohort")
+            and e.detail.get("donor_study_instance_uid")
+        )
+
     def iter_cases(self) -> Iterator[LabelledCase]:
         """Read and link each case; Bundles are read once per patient."""
         records: dict[Path, list[PatientRecord]] = {}
@@ -71,7 +83,11 @@ class Cohort:
             )
         cases: list[Case] = link_cases(studies, records)
         return LabelledCase(
-            case=cases[0], manipulation=entry.manipulation, label=entry.label, family=entry.family
+            case=cases[0],
+            manipulation=entry.manipulation,
+            label=entry.label,
+            family=entry.family,
+            image_reused=entry.label == "clean" and entry.study_instance_uid in self.reused_images,
         )
 
 

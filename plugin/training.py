@@ -51,6 +51,7 @@ def run_train(
     progress: bool = True,
     work: Path | None = None,
     exclude_families: tuple[str, ...] = (),
+    version: str = "0.1.0",
 ) -> int:
     if epochs < 1:
         raise TrainingDataError("--epochs must be at least 1")
@@ -77,6 +78,7 @@ def run_train(
         progress=progress,
         bundle_dir=out,
         num_threads=1 if device in (None, "cpu") else None,
+        version=version,
     )
     print(
         f"trained {report.config} for {report.epochs} epochs on {report.n_train} cases "
