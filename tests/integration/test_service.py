@@ -302,3 +302,36 @@ def test_a_stow_to_the_plugin_is_scored_and_written_back(
                 query = {"Level": "Series", "Query": {"SeriesInstanceUID": uid}}
                 for oid in httpx.post(f"{orthanc.url}/tools/find", json=query, auth=orthanc.user).json():
                     httpx.delete(f"{orthanc.url}/series/{oid}", auth=orthanc.user)
+
+
+def test_a_fhir_subscription_notification_gets_its_study_scored(
+    service: Callable[..., AbstractContextManager[str]], loaded: Path, tmp_path: Path, scorer: Scorer
+) -> None:
+    manifest = json.loads((loaded / "manifest.json").read_text())
+    case = manifest["cases"][4]
+    bundle = json.loads((loaded / case["bundle"]).read_text())
+    study = next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "ImagingStudy"
+        and any(i["value"] == f"urn:oid:{case['study_instance_uid']}" for i in e["resource"]["identifier"])
+    )
+    notification = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [{"fullUrl": f"ImagingStudy/{study['id']}", "resource": study}],
+    }
+    with service() as url:
+        response = httpx.post(
+            f"{url}/ingest/fhir-subscription", json=notification, headers={"X-API-Key": API_KEY}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["queued"] == [case["study_instance_uid"]]
+        deadline = time.monotonic() + 120
+        stored = None
+        while time.monotonic() < deadline and stored is None:
+            with _store(tmp_path) as store:
+                stored = store.latest_result(case["study_instance_uid"], scorer.model_info.sha256)
+            time.sleep(0.5)
+    assert stored is not None and stored.source == "ingest"
+    assert stored.result.scores.consistency is not None  # the record came from the FHIR server
