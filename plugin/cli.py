@@ -196,6 +196,87 @@ def _cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace) -> Any:
+    """The plugin's database of ``--database-url``, else of the settings (``CROSSCHECK_*``)."""
+    from plugin.settings import load_settings
+    from plugin.store import Store
+
+    settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
+    return Store.open(settings.database)
+
+
+def _cmd_labels(args: argparse.Namespace) -> int:
+    import json
+
+    from plugin.store import Actor, ActorKind, AuditAction, CaseQueue
+
+    with _open_store(args) as store:
+        labels = CaseQueue(store).training_labels()
+        out = Path(args.out)
+        out.write_text(json.dumps({"labels": [label.to_json() for label in labels]}, indent=1) + "\n")
+        store.audit(AuditAction.LABELS_EXPORT, Actor(ActorKind.SYSTEM, "cli"), detail={"labels": len(labels)})
+    print(f"wrote {len(labels)} labels to {out}")
+    return 0
+
+
+def _new_password() -> str:
+    import getpass
+    import os
+
+    given = os.environ.get("CROSSCHECK_NEW_PASSWORD")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to ask the password on: set CROSSCHECK_NEW_PASSWORD")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords differ")
+    return first
+
+
+def _cmd_users(args: argparse.Namespace) -> int:
+    from plugin.store import Actor, ActorKind, AuditAction, UserRole, Users
+
+    cli = Actor(ActorKind.SYSTEM, "cli")
+    with _open_store(args) as store:
+        users = Users(store)
+        if args.action == "list":
+            for user in users.users():
+                state = "active" if user.active else "disabled"
+                print(f"{user.user_name}\t{user.role}\t{state}\t{user.display_name or ''}")
+            return 0
+        if args.action == "add":
+            role = UserRole.ADMIN if args.admin else UserRole.INVESTIGATOR
+            try:
+                user = users.create_user(
+                    args.name, _new_password(), display_name=args.display_name, role=role
+                )
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            store.audit(
+                AuditAction.USER_CREATE, cli, detail={"user": user.user_name, "role": user.role.value}
+            )
+            print(f"added {user.role} {user.user_name}")
+            return 0
+        user = users.deactivate_user(args.name)
+        store.audit(AuditAction.USER_DISABLE, cli, detail={"user": user.user_name})
+        print(f"disabled {user.user_name}")
+        return 0
+
+
+def _add_database_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        "--database",
+        dest="database_url",
+        help="the plugin's database: SQLAlchemy URL or SQLite path (default: crosscheck.db in --data-dir) "
+        "[CROSSCHECK_DATABASE_URL]",
+    )
+    p.add_argument(
+        "--data-dir", help="the service's data folder (default ./crosscheck-data) [CROSSCHECK_DATA_DIR]"
+    )
+
+
 #: ``crosscheck serve`` options that are `plugin.settings.Settings` fields (None: not given).
 _SERVE_OPTIONS = (
     "host",
@@ -360,6 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orthanc-url", help="Orthanc REST base: score new studies from its change feed")
     p.add_argument("--cds-deadline-ms", type=int, help="scoring time a hook call may spend (default 350)")
     add_server_arguments(p)
+
+    p = add("labels", _cmd_labels, "Export training labels from dispositions and CDS Hooks feedback (JSON).")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    _add_database_arguments(p)
+
+    p = add("users", _cmd_users, "Manage the investigators' logins of the review page.")
+    users = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    u = users.add_parser("add", help="add a login (password: a prompt, or CROSSCHECK_NEW_PASSWORD)")
+    u.add_argument("name", help="user name: letters, digits, . _ @ -")
+    u.add_argument("--admin", action="store_true", help="may manage users (default: investigator)")
+    u.add_argument("--display-name", help="the name the review page shows")
+    _add_database_arguments(u)
+    u = users.add_parser("list", help="list the logins")
+    _add_database_arguments(u)
+    u = users.add_parser("disable", help="refuse a login from now on (its history stays)")
+    u.add_argument("name")
+    _add_database_arguments(u)
 
     p = add("api-key", _cmd_api_key, "Make a REST API key: prints the key and the line for the keys file.")
     p.add_argument("--name", required=True, help="the caller's name (in the audit trail)")

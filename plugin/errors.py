@@ -12,6 +12,11 @@
      |    +-- SchemaOutOfDate      older than this code, and opened without migrating
      |    +-- ResultNotFound       a result id that is not stored (404)
      |    +-- DuplicateCard        a Card uuid recorded already (or twice in one call)
+     |    +-- CaseNotFound         a case id that is not stored (404)
+     |    +-- StaleCase            a case changed since the caller read it (409: .current_version)
+     |    +-- CaseChangeRefused    a change the case queue's rules do not allow (422)
+     |    +-- DuplicateUser        a user name already taken (409)
+     |    +-- UserNotFound         a user name that is not stored (404)
      +-- CdsCallError              a CDS Hooks call this service cannot answer as asked
      |    +-- CdsRequestInvalid    400: the request, its context or a feedback is not CDS Hooks 2.0.1
      |    |    +-- PrefetchInvalid 400: a prefetch value that is not valid FHIR R4 (.key)
@@ -41,6 +46,8 @@ from typing import Literal
 
 __all__ = [
     "ApiAuthenticationError",
+    "CaseChangeRefused",
+    "CaseNotFound",
     "CdsAuthReason",
     "CdsAuthenticationError",
     "CdsCallError",
@@ -48,6 +55,7 @@ __all__ = [
     "CdsJwksUnavailable",
     "CdsRequestInvalid",
     "DuplicateCard",
+    "DuplicateUser",
     "FieldProblem",
     "InvalidWriteBack",
     "MigrationFailed",
@@ -58,11 +66,13 @@ __all__ = [
     "ResultNotFound",
     "SchemaOutOfDate",
     "SchemaTooNew",
+    "StaleCase",
     "StoreError",
     "StoreUnavailable",
     "UnknownCdsService",
     "UnsuitableResult",
     "UsageError",
+    "UserNotFound",
     "WriteBackError",
 ]
 
@@ -147,6 +157,34 @@ class ResultNotFound(StoreError):
 
 class DuplicateCard(StoreError):
     """A Card whose ``uuid`` the store holds already: a Card is recorded once, when it is issued."""
+
+
+class CaseNotFound(StoreError):
+    """A case id (or a comment id within a case) that the store does not hold."""
+
+
+class StaleCase(StoreError):
+    """A case changed since the caller read it: ``current_version`` is the version it has now.
+
+    The caller reads the case again, shows the change, and retries with that version.
+    """
+
+    def __init__(self, message: str, *, current_version: int) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class CaseChangeRefused(StoreError):
+    """A change the case queue's rules refuse: a status transition not allowed, a disposition or a
+    reopening without a note, an assignee who is not an active user, a comment superseded twice."""
+
+
+class DuplicateUser(StoreError):
+    """A user name that is already taken (user names are compared case-insensitively)."""
+
+
+class UserNotFound(StoreError):
+    """A user name that the store does not hold."""
 
 
 # -- the service (plugin.service) ---------------------------------------------------------------

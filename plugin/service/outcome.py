@@ -49,6 +49,11 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ce.ServerError, 502, "transient"),
     (fe.CaseNotScorable, 422, "processing"),
     (pe.DuplicateCard, 409, "duplicate"),
+    (pe.CaseNotFound, 404, "not-found"),
+    (pe.UserNotFound, 404, "not-found"),
+    (pe.StaleCase, 409, "conflict"),
+    (pe.DuplicateUser, 409, "duplicate"),
+    (pe.CaseChangeRefused, 422, "business-rule"),
     (pe.StoreError, 503, "transient"),
     (pe.PluginError, 400, "invalid"),
 )

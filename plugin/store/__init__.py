@@ -10,9 +10,24 @@ from code when the store opens::
         store.audit(AuditAction.RESULT_CREATE, Actor(ActorKind.CDS_CLIENT, iss), result_id=stored.id)
 
 A :class:`Store` is safe to share between threads; :class:`StoreReplayCache` gives the CDS
-Hooks authentication an async ``use(iss, jti, expires_at)``.
+Hooks authentication an async ``use(iss, jti, expires_at)``. The investigators' case queue
+(:class:`CaseQueue`, :mod:`plugin.store.cases`) and their logins (:class:`Users`,
+:mod:`plugin.store.users`) work on a Store::
+
+    queue, users = CaseQueue(store), Users(store)
 """
 
+from plugin.store.cases import (
+    Case,
+    CaseComment,
+    CaseEvent,
+    CaseOrder,
+    CaseQueue,
+    CaseStatus,
+    HistoryEntry,
+    LabelSource,
+    TrainingLabel,
+)
 from plugin.store.records import (
     Actor,
     ActorKind,
@@ -30,6 +45,7 @@ from plugin.store.records import (
 )
 from plugin.store.replay import StoreReplayCache
 from plugin.store.store import MAX_AUDIT_DETAIL_BYTES, Store
+from plugin.store.users import User, UserRole, Users
 
 __all__ = [
     "MAX_AUDIT_DETAIL_BYTES",
@@ -39,13 +55,25 @@ __all__ = [
     "AuditEvent",
     "CardIndicator",
     "CardKind",
+    "Case",
+    "CaseComment",
+    "CaseEvent",
+    "CaseOrder",
+    "CaseQueue",
+    "CaseStatus",
     "FeedbackOutcome",
+    "HistoryEntry",
     "IssuedCard",
+    "LabelSource",
     "OverrideReason",
     "ResultSource",
     "Store",
     "StoreReplayCache",
     "StoredFeedback",
     "StoredResult",
+    "TrainingLabel",
+    "User",
+    "UserRole",
+    "Users",
     "input_fingerprint",
 ]

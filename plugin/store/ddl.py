@@ -1,6 +1,6 @@
 """DDL the ORM models cannot express, for the migrations to run per dialect.
 
-Append-only tables (the audit trail now; a case history later): the database itself refuses
+Append-only tables (the audit trail, a case's events and comments): the database itself refuses
 UPDATE and DELETE (and TRUNCATE on PostgreSQL), whatever code or console is connected.
 Migrations call these functions by name; their output for a table must never change, or a
 revision already run would differ from the same revision run again.

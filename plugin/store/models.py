@@ -5,6 +5,10 @@
 ``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
 ``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire
 ``cds_cards``      the Cards this service answered hook calls with, and the result each came from
+``cases``          the fraud investigators' case queue: one case per flagged study (its newest flagged result)
+``case_events``    every change of a case (who, when, which field, old and new value), append-only
+``case_comments``  investigators' comments on a case, append-only: a correction supersedes, never replaces
+``users``          investigator logins (scrypt password hashes with their salt and parameters)
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -27,10 +31,14 @@ __all__ = [
     "AuditEventRow",
     "Base",
     "CardRow",
+    "CaseCommentRow",
+    "CaseEventRow",
+    "CaseRow",
     "FeedbackRow",
     "JtiRow",
     "ResultRow",
     "UTCDateTime",
+    "UserRow",
 ]
 
 #: Constraint and index names every migration reproduces (SQLite's batch mode needs names).
@@ -166,4 +174,70 @@ class CardRow(Base):
     result_id: Mapped[str | None] = mapped_column(sa.ForeignKey("results.id"), index=True)
     kind: Mapped[str] = mapped_column(sa.String(16))
     indicator: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CaseRow(Base):
+    """A case of the investigators' queue: the flagged result it stands for (the study's newest), the
+    identifiers it is searched by, its status and assignee, and its rank (``score_overall`` times
+    ``cost_weight``). ``version`` grows with every change: an update names the version it read."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[str] = mapped_column(sa.ForeignKey("results.id"), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    accession_number: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    status: Mapped[str] = mapped_column(sa.String(32), index=True)
+    assignee: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    score_overall: Mapped[float] = mapped_column(sa.Float)
+    cost_weight: Mapped[float] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(sa.Integer)
+
+
+class CaseEventRow(Base):
+    """One change of a case: ``field`` went from ``old`` to ``new`` (as text), by ``actor``, with an
+    optional ``note``. The migrations add triggers that refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "case_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(sa.ForeignKey("cases.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(sa.String(255))
+    field: Mapped[str] = mapped_column(sa.String(32))
+    old: Mapped[str | None] = mapped_column(sa.Text)
+    new: Mapped[str | None] = mapped_column(sa.Text)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class CaseCommentRow(Base):
+    """A comment on a case; a correction is a new comment that ``supersedes`` the old one (at most
+    once: the unique constraint). Append-only, as ``case_events``."""
+
+    __tablename__ = "case_comments"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(sa.ForeignKey("cases.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    author: Mapped[str] = mapped_column(sa.String(255))
+    text: Mapped[str] = mapped_column(sa.Text)
+    supersedes_id: Mapped[int | None] = mapped_column(sa.ForeignKey("case_comments.id"), unique=True)
+
+
+class UserRow(Base):
+    """An investigator's login: ``password_hash`` is ``scrypt$<n>$<r>$<p>$<salt>$<hash>`` (base64),
+    so the parameters can be raised later without invalidating older hashes."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    user_name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(sa.Text)
+    password_hash: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    active: Mapped[bool] = mapped_column(sa.Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

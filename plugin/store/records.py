@@ -81,13 +81,23 @@ class ActorKind(StrEnum):
 
 
 class AuditAction(StrEnum):
-    """What was done. Later areas add members (e.g. the case queue's views and changes)."""
+    """What was done. Later areas add members. The case queue records its own changes (``case.*``)
+    in the transaction that makes them; the review page records views (``case.read``)."""
 
+    CASE_COMMENT = "case.comment"
+    CASE_OPEN = "case.open"
+    CASE_READ = "case.read"
+    CASE_UPDATE = "case.update"
     CDS_CALL = "cds.call"
     FEEDBACK = "feedback"
     INGEST = "ingest"
+    LABELS_EXPORT = "labels.export"
     RESULT_CREATE = "result.create"
     RESULT_READ = "result.read"
+    USER_CREATE = "user.create"
+    USER_DISABLE = "user.disable"
+    USER_LOGIN = "user.login"
+    USER_PASSWORD = "user.password"
     WRITEBACK = "writeback"
 
 

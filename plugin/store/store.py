@@ -46,7 +46,7 @@ from plugin.store.records import (
     input_fingerprint,
 )
 
-__all__ = ["MAX_AUDIT_DETAIL_BYTES", "Store"]
+__all__ = ["MAX_AUDIT_DETAIL_BYTES", "Store", "audit_detail"]
 
 logger = logging.getLogger(__name__)
 
@@ -371,24 +371,17 @@ class Store:
         not hold, e.g. the hook or the Card's indicator. Callers pass ids only: never patient
         names, birth dates or tokens.
         """
-        action = AuditAction(action)
-        body = dict(detail or {})
-        size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))  # TypeError if not JSON
-        if size > MAX_AUDIT_DETAIL_BYTES:
-            raise ValueError(
-                f"audit detail is {size} bytes of JSON, over {MAX_AUDIT_DETAIL_BYTES}: keep it small"
-            )
         row = AuditEventRow(
             at=self._now(),
             actor_kind=actor.kind.value,
             actor_id=actor.id,
-            action=action.value,
+            action=AuditAction(action).value,
             result_id=result_id,
             study_instance_uid=study_instance_uid,
             model_version=model_version,
             outcome=outcome,
             status_code=status_code,
-            detail=body or None,
+            detail=audit_detail(detail),
         )
         with self._transaction(write=True) as session:
             session.add(row)
@@ -495,6 +488,18 @@ class Store:
             raise StoreError(f"the database {self._where} failed ({_reason(exc)})") from exc
         finally:
             session.close()
+
+
+def audit_detail(detail: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An audit event's ``detail`` as stored: ``None`` when empty; ``TypeError`` when it is not
+    JSON, ``ValueError`` when over `MAX_AUDIT_DETAIL_BYTES`."""
+    body = dict(detail or {})
+    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_AUDIT_DETAIL_BYTES:
+        raise ValueError(
+            f"audit detail is {size} bytes of JSON, over {MAX_AUDIT_DETAIL_BYTES}: keep it small"
+        )
+    return body or None
 
 
 def _same_model(model_sha256: str | None) -> sa.ColumnElement[bool]:

@@ -21,7 +21,8 @@ from plugin.store.engine import create_store_engine, database_url
 from plugin.store.migrate import alembic_config, current_revisions, head_revisions
 from plugin.store.models import Base
 
-TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"}
+CASE_TABLES = {"cases", "case_events", "case_comments", "users"}
+TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"} | CASE_TABLES
 
 
 def _tables(path: Path) -> set[str]:
@@ -92,11 +93,32 @@ def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0001")
-    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"}
+    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES
     assert _revision(db_path) == "0001"
     command.upgrade(config, "0002")
-    assert TABLES <= _tables(db_path)
+    assert TABLES - CASE_TABLES <= _tables(db_path)
     assert _revision(db_path) == "0002"
+
+
+def _triggers(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
+def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_result) -> None:
+    with Store.open(db_path) as store:
+        kept = store.save_result(make_result(), source="sweep")
+    assert {"case_events_no_update", "case_comments_no_delete"} <= _triggers(db_path)
+    config = alembic_config(db_path)
+    command.downgrade(config, "0002")
+    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES
+    assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
+    assert _revision(db_path) == "0002"
+    command.upgrade(config, "0003")
+    assert TABLES <= _tables(db_path)
+    assert {"case_events_no_update", "case_events_no_delete", "case_comments_no_update"} <= _triggers(db_path)
+    with Store.open(db_path, migrate=False) as store:
+        assert store.get_result(kept.id) == kept
 
 
 def test_a_database_at_0001_with_data_upgrades_to_0002_keeping_its_rows(db_path: Path, make_result) -> None:
@@ -121,7 +143,7 @@ def test_a_database_at_0001_with_data_upgrades_to_0002_keeping_its_rows(db_path:
     assert "cds_cards" not in _tables(db_path)
 
     with Store.open(db_path) as store:
-        assert _revision(db_path) == "0002"
+        assert (_revision(db_path),) == head_revisions()
         assert store.get_result(result.id) == result
         assert store.feedback_for() == [feedback]
         assert store.audit_events() == [event]
@@ -174,11 +196,13 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     sql = config.output_buffer.getvalue()
     assert "JSONB" in sql
     assert "TIMESTAMP WITH TIME ZONE" in sql
-    for statement in append_only_triggers("audit_events", "postgresql"):
-        assert statement in sql
+    for table in ("audit_events", "case_events", "case_comments"):
+        for statement in append_only_triggers(table, "postgresql"):
+            assert statement in sql
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
     assert "CONSTRAINT fk_cds_cards_result_id_results FOREIGN KEY(result_id) REFERENCES results (id)" in sql
     assert "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'" in sql
+    assert "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'" in sql
 
 
 def test_append_only_triggers_exist_for_the_two_dialects_only() -> None:
