@@ -12,6 +12,7 @@ arriving at ingest. The engine
 - runs a study once, however many callers ask for it meanwhile (they share the
   task), and lets a caller stop waiting at a deadline while the task goes on:
   the next call finds the result in the store;
+- opens a case in the investigators' queue for each flagged result (`plugin.store.CaseQueue`);
 - keeps each result with a heatmap PNG beside it, and writes back (FHIR
   DetectedIssue, DICOM SR) when configured, both after the caller has its answer
   and without ever failing the caller because of them.
@@ -39,7 +40,8 @@ from connectors.strictness import Strictness
 from fusion.checks.duplicates import PerceptualHashIndex
 from fusion.result import CrossCheckResult
 from fusion.scorer import Prediction, Scorer
-from plugin.store import Store, StoredResult
+from plugin.cases.cost import cost_weight
+from plugin.store import CaseQueue, Store, StoredResult
 
 __all__ = ["Checked", "Engine"]
 
@@ -81,6 +83,7 @@ class Engine:
     ) -> None:
         self.scorer = scorer
         self.store = store
+        self.cases = CaseQueue(store)
         self.data_dir = Path(data_dir)
         self.imaging = imaging
         self.endpoint_source = endpoint_source
@@ -247,6 +250,8 @@ class Engine:
         stored = await asyncio.to_thread(
             self.store.save_result, result, source=source, inputs=dict(inputs or {})
         )
+        if result.flagged:  # a case for the investigators' queue, ranked by what it would cost
+            await asyncio.to_thread(self.cases.open_case_for, stored, cost_weight=cost_weight(case).weight)
         self.scored += 1
         logger.debug("scored study %s as result %s", case.study_instance_uid, stored.id)
         task = asyncio.create_task(self._after(stored, case, prediction))  # off the caller's path

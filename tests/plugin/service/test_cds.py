@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from plugin.cds.models import CdsResponse
-from plugin.store import Store
+from plugin.store import CaseQueue, Store
 from tests.plugin.cds.cds_client import OMIT, SimulatedCdsClient, new_key
 from tests.plugin.service.conftest import API_KEY, Serve, study_files
 from tests.plugin.service.prefetch import prefetch_from_bundle
@@ -111,6 +111,10 @@ def test_patient_view_answers_from_the_store_with_a_card_and_takes_feedback(
         assert kept.client_iss == cds_client.iss
         actions = [e.action for e in store.audit_events(limit=100)]
         assert "cds.call" in actions and "feedback" in actions
+        case = CaseQueue(store).case_for_study(flagged[0])  # the flagged study is in the queue
+        assert case is not None and case.status == "new" and case.result_id == kept.result_id
+        clean = [uid for uid in scored if uid not in flagged]
+        assert all(CaseQueue(store).case_for_study(uid) is None for uid in clean)
 
 
 def test_say_consistent_gives_an_info_card(
