@@ -141,7 +141,8 @@ class Scorer:
                 "model": model_ms,
                 "checks": checks_ms,
             }
-            out.append((self._result(case, feats, pred, findings, timings), pred))
+            ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
+            out.append((self.assemble(ref, feats, pred, findings, timings), pred))
         return out
 
     @torch.no_grad()
@@ -161,7 +162,6 @@ class Scorer:
             preds.append(Prediction(pc, ps, contributions[i, : f.n_tokens].copy(), heatmaps[i]))
         return preds
 
-    # ------------------------------------------------------------------ internals
     def _checks(self, case: Case) -> tuple[Finding, ...]:
         if not self._checks_enabled:
             return ()
@@ -177,14 +177,18 @@ class Scorer:
             self._run_checks = lambda c: tuple(run_checks(c, context))
         return self._run_checks(case)
 
-    def _result(
+    def assemble(
         self,
-        case: Case,
+        ref: CaseRef,
         feats: CaseFeatures,
         pred: Prediction,
-        check_findings: tuple[Finding, ...],
+        check_findings: Sequence[Finding],
         timings: dict[str, float],
     ) -> CrossCheckResult:
+        """The `CrossCheckResult` of one case from its features, its `Prediction` and the rule-based
+        findings (most severe first, as `fusion.checks.run_checks` orders them): what `score_many`
+        does after the model, for callers that extract features and run the checks elsewhere
+        (the batch sweep's worker processes). ``timings`` (ms) gets its ``total``."""
         threshold = self.threshold
         findings = list(check_findings)
         p_inc = None if pred.p_consistent is None else 1.0 - pred.p_consistent
@@ -199,7 +203,7 @@ class Scorer:
                     "model.pixels-unreadable",
                     Severity.CRITICAL,
                     "The image pixels could not be decoded, so the image could not be checked.",
-                    (Evidence("dicom", "PixelData", uid=case.study_instance_uid),),
+                    (Evidence("dicom", "PixelData", uid=ref.study_instance_uid),),
                 )
             )
         overall = overall_score(p_inc, pred.p_synthetic)
@@ -208,7 +212,7 @@ class Scorer:
             overall = max(overall, threshold)
         timings["total"] = sum(timings.values())
         return CrossCheckResult(
-            case=CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number),
+            case=ref,
             scores=Scores(consistency=pred.p_consistent, synthetic=pred.p_synthetic, overall=overall),
             flagged=overall >= threshold or critical,
             threshold=threshold,

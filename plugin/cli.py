@@ -168,6 +168,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from plugin.settings import Settings
+    from plugin.store import Store
+    from plugin.sweep import export_results, run_sweep, units_from_folder
+
+    if args.workers < 1 or args.batch_size < 1:
+        raise UsageError("--workers and --batch-size must be at least 1")
+    if args.export and Path(args.export).suffix.lower() not in (".parquet", ".csv"):
+        raise UsageError(f"--export {args.export}: give a .parquet or .csv file name")
+    found = units_from_folder(
+        Path(args.path), site_path=Path(args.site) if args.site else None, strictness=args.strictness
+    )
+    database = args.database_url or Settings(data_dir=Path(args.data_dir)).database
+    with Store.open(database) as store:
+        report = run_sweep(
+            found.units,
+            store=store,
+            description=f"folder {found.root}",
+            site=found.site,
+            model=Path(args.model) if args.model else None,
+            device=args.device,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            strictness=args.strictness,
+            ray=args.ray,
+            duplicates=not args.no_duplicates,
+            progress=not args.quiet,
+        )
+        print(
+            f"swept {report.studies} studies with {report.model.name} {report.model.version}: "
+            f"{report.stored} scored and stored, {report.done_before} done before, "
+            f"{report.failed} unreadable "
+            f"({report.seconds:.1f} s); results in {store.url}"
+        )
+        if args.export:
+            rows = export_results(
+                store.swept_results(report.model.sha256, [u.fingerprint for u in found.units]),
+                Path(args.export),
+            )
+            print(f"exported {rows} rows to {args.export}")
+    return 1 if report.failed else 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -411,6 +454,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261125, help="cohort seed (never used in training)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default=None)
+
+    p = add(
+        "sweep",
+        _cmd_sweep,
+        "Score every study of a folder (Bundles + DICOM, or a cohort folder) into the database, resumably.",
+    )
+    p.add_argument("path", help="folder: a cohort (manifest.json) or FHIR Bundles and DICOM studies")
+    p.add_argument("--site", help="site profile JSON (default: the folder's site.json, if any)")
+    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--device", default=None, help="torch device for the model (default: cuda if present)")
+    p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
+    p.add_argument("--batch-size", type=int, default=16, help="studies per model batch (default 16)")
+    p.add_argument(
+        "--data-dir", default="crosscheck-data", help="database folder (default ./crosscheck-data)"
+    )
+    p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in --data-dir)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster (auto: start a local one)")
+    p.add_argument("--export", metavar="FILE", help="also write the results as .parquet or .csv")
+    p.add_argument("--no-duplicates", action="store_true", help="skip the re-filed duplicate check")
+    p.add_argument(
+        "--strictness",
+        choices=("raise", "warn", "ignore"),
+        default="warn",
+        help="an invalid FHIR resource or DICOM file: stop that study (raise) or skip it (warn, ignore)",
+    )
 
     p = add("serve", _cmd_serve, "Serve CDS Hooks 2.0 services and the REST API (FastAPI under uvicorn).")
     p.add_argument("--config", help="settings file, TOML or JSON [CROSSCHECK_CONFIG]")

@@ -49,6 +49,7 @@ the pixels' own noise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import imagehash
@@ -68,6 +69,7 @@ __all__ = [
     "ImageFingerprint",
     "PerceptualHashIndex",
     "check_duplicates",
+    "duplicate_findings",
     "fingerprint",
     "normalise_to_uint8",
 ]
@@ -256,7 +258,12 @@ def check_duplicates(case: Case, ctx: CheckContext) -> list[Finding]:
     """The study's image matches a study filed under another patient (or an older one of this patient)."""
     if ctx.hash_index is None or case.patient_id is None:
         return []
-    matches = ctx.hash_index.query(case.study, case.patient_id)
+    return duplicate_findings(case.study_instance_uid, ctx.hash_index.query(case.study, case.patient_id))
+
+
+def duplicate_findings(study_instance_uid: str, matches: Sequence[DuplicateMatch]) -> list[Finding]:
+    """The findings of `check_duplicates` for a study whose matches are known (a batch sweep queries
+    the index with fingerprints its workers computed)."""
     findings = []
     others = [m for m in matches if not m.same_patient]
     same = [m for m in matches if m.same_patient]
@@ -266,9 +273,7 @@ def check_duplicates(case: Case, ctx: CheckContext) -> list[Finding]:
     ):
         if not group:
             continue
-        evidence = [
-            Evidence("dicom", "StudyInstanceUID", case.study_instance_uid, uid=case.study_instance_uid)
-        ]
+        evidence = [Evidence("dicom", "StudyInstanceUID", study_instance_uid, uid=study_instance_uid)]
         for m in group[:5]:
             evidence.append(
                 Evidence("dicom", "StudyInstanceUID", m.study_instance_uid, uid=m.sop_instance_uid)

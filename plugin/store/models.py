@@ -9,6 +9,8 @@
 ``case_events``    every change of a case (who, when, which field, old and new value), append-only
 ``case_comments``  investigators' comments on a case, append-only: a correction supersedes, never replaces
 ``users``          investigator logins (scrypt password hashes with their salt and parameters)
+``sweeps``         each batch sweep started: when, with which model, how many studies it found
+``sweep_results``  the result of each swept input, at most one per (model sha256, input fingerprint)
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -37,6 +39,8 @@ __all__ = [
     "FeedbackRow",
     "JtiRow",
     "ResultRow",
+    "SweepResultRow",
+    "SweepRow",
     "UTCDateTime",
     "UserRow",
 ]
@@ -241,3 +245,28 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(sa.String(16))
     active: Mapped[bool] = mapped_column(sa.Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+class SweepRow(Base):
+    """A batch sweep (``crosscheck sweep``): when it started and ended, the model, what it found.
+    ``description`` names the input (a folder, server URLs without credentials), never a patient."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    model_version: Mapped[str] = mapped_column(sa.String(64))
+    model_sha256: Mapped[str] = mapped_column(sa.String(64))
+    description: Mapped[str] = mapped_column(sa.Text)
+    studies: Mapped[int] = mapped_column(sa.Integer)
+
+
+class SweepResultRow(Base):
+    """The result a sweep stored for one input: the primary key (model sha256, input fingerprint)
+    is what keeps a resumed or concurrent sweep from storing an input twice."""
+
+    __tablename__ = "sweep_results"
+
+    model_sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    input_fingerprint: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(sa.ForeignKey("sweeps.id"), index=True)
+    result_id: Mapped[str] = mapped_column(sa.ForeignKey("results.id"), unique=True)

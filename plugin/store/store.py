@@ -25,11 +25,19 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fusion.result import CrossCheckResult
+from fusion.result import CrossCheckResult, ModelInfo
 from plugin.errors import DuplicateCard, ResultNotFound, StoreError, StoreUnavailable
 from plugin.store.engine import DEFAULT_BUSY_TIMEOUT_S, WRITE, create_store_engine, database_url, describe_url
 from plugin.store.migrate import prepare_schema
-from plugin.store.models import AuditEventRow, CardRow, FeedbackRow, JtiRow, ResultRow
+from plugin.store.models import (
+    AuditEventRow,
+    CardRow,
+    FeedbackRow,
+    JtiRow,
+    ResultRow,
+    SweepResultRow,
+    SweepRow,
+)
 from plugin.store.records import (
     Actor,
     ActorKind,
@@ -142,32 +150,7 @@ class Store:
         """Store ``result`` under a new id. ``inputs`` are the identifiers of what was scored (file
         paths, server URLs without credentials, StudyInstanceUID, ...): a sweep finds them again
         with :meth:`result_for_inputs`."""
-        source = ResultSource(source)
-        given = dict(inputs or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
-            raise TypeError("inputs maps names to strings")
-        fingerprint = input_fingerprint(given) if given else None
-        model = result.model
-        row = ResultRow(
-            id=str(uuid.uuid4()),
-            study_instance_uid=result.case.study_instance_uid,
-            patient_id=result.case.patient_id,
-            accession_number=result.case.accession_number,
-            model_name=None if model is None else model.name,
-            model_version=None if model is None else model.version,
-            model_sha256=None if model is None else model.sha256,
-            schema_version=result.schema_version,
-            score_overall=result.scores.overall,
-            score_consistency=result.scores.consistency,
-            score_synthetic=result.scores.synthetic,
-            flagged=result.flagged,
-            threshold=result.threshold,
-            result_json=result.to_json(),
-            source=source.value,
-            input_fingerprint=fingerprint,
-            inputs=given or None,
-            created_at=self._now(),
-        )
+        row = self._result_row(result, ResultSource(source), inputs)
         with self._transaction(write=True) as session:
             session.add(row)
             stored = _stored_result(row)
@@ -202,10 +185,120 @@ class Store:
         )
         return self._first_result(query)
 
+    def _result_row(
+        self, result: CrossCheckResult, source: ResultSource, inputs: Mapping[str, str] | None
+    ) -> ResultRow:
+        given = dict(inputs or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+            raise TypeError("inputs maps names to strings")
+        model = result.model
+        return ResultRow(
+            id=str(uuid.uuid4()),
+            study_instance_uid=result.case.study_instance_uid,
+            patient_id=result.case.patient_id,
+            accession_number=result.case.accession_number,
+            model_name=None if model is None else model.name,
+            model_version=None if model is None else model.version,
+            model_sha256=None if model is None else model.sha256,
+            schema_version=result.schema_version,
+            score_overall=result.scores.overall,
+            score_consistency=result.scores.consistency,
+            score_synthetic=result.scores.synthetic,
+            flagged=result.flagged,
+            threshold=result.threshold,
+            result_json=result.to_json(),
+            source=source.value,
+            input_fingerprint=input_fingerprint(given) if given else None,
+            inputs=given or None,
+            created_at=self._now(),
+        )
+
     def _first_result(self, query: sa.Select[ResultRow]) -> StoredResult | None:
         with self._transaction(write=False) as session:
             row = session.scalars(query).first()
             return None if row is None else _stored_result(row)
+
+    # -- batch sweeps ----------------------------------------------------------------------
+
+    def start_sweep(self, *, model: ModelInfo, description: str, studies: int) -> str:
+        """Record a sweep starting with ``model`` over ``studies`` studies; its id. ``description``
+        names the input (a folder, server URLs without credentials), never a patient."""
+        row = SweepRow(
+            id=str(uuid.uuid4()),
+            started_at=self._now(),
+            finished_at=None,
+            model_version=model.version,
+            model_sha256=model.sha256,
+            description=description,
+            studies=studies,
+        )
+        with self._transaction(write=True) as session:
+            session.add(row)
+        return row.id
+
+    def finish_sweep(self, sweep_id: str) -> None:
+        """Stamp the sweep's end."""
+        with self._transaction(write=True) as session:
+            session.execute(
+                sa.update(SweepRow).where(SweepRow.id == sweep_id).values(finished_at=self._now())
+            )
+
+    def swept_fingerprints(self, model_sha256: str) -> set[str]:
+        """The input fingerprints a sweep has stored a result for with this model: the work done."""
+        query = sa.select(SweepResultRow.input_fingerprint).where(SweepResultRow.model_sha256 == model_sha256)
+        with self._transaction(write=False) as session:
+            return set(session.scalars(query))
+
+    def save_sweep_results(
+        self, sweep_id: str, items: Sequence[tuple[CrossCheckResult, Mapping[str, str]]]
+    ) -> int:
+        """Store the results of swept inputs, each with its ``inputs`` (see :meth:`save_result`), all
+        in one transaction; how many were stored. An input whose result this model already has
+        (stored by a concurrent or earlier sweep) is skipped, never stored twice: the database's
+        primary key on (model sha256, input fingerprint) decides."""
+        rows = []
+        for result, inputs in items:
+            if result.model is None or not inputs:
+                raise ValueError("a swept result names its model and its inputs")
+            rows.append(self._result_row(result, ResultSource.SWEEP, inputs))
+        try:
+            with self._transaction(write=True, integrity_errors=True) as session:
+                self._add_swept(session, sweep_id, rows)
+            return len(rows)
+        except IntegrityError:
+            if len(rows) == 1:
+                logger.debug("input %s was stored already", rows[0].input_fingerprint)
+                return 0
+        stored = 0  # one of the batch was stored already: the others one by one
+        for result, inputs in items:
+            stored += self.save_sweep_results(sweep_id, [(result, inputs)])
+        return stored
+
+    def swept_results(self, model_sha256: str, fingerprints: Sequence[str]) -> list[StoredResult]:
+        """The results a sweep stored with this model for these input fingerprints (in no order)."""
+        query = (
+            sa.select(ResultRow)
+            .join(SweepResultRow, SweepResultRow.result_id == ResultRow.id)
+            .where(SweepResultRow.model_sha256 == model_sha256)
+        )
+        wanted = set(fingerprints)
+        with self._transaction(write=False) as session:
+            return [_stored_result(row) for row in session.scalars(query) if row.input_fingerprint in wanted]
+
+    @staticmethod
+    def _add_swept(session: Session, sweep_id: str, rows: Sequence[ResultRow]) -> None:
+        session.add_all(rows)
+        session.flush()
+        session.add_all(
+            SweepResultRow(
+                model_sha256=row.model_sha256,
+                input_fingerprint=row.input_fingerprint,
+                sweep_id=sweep_id,
+                result_id=row.id,
+            )
+            for row in rows
+        )
+        session.flush()
 
     # -- CDS Hooks Cards -------------------------------------------------------------------
 

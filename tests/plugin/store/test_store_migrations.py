@@ -22,7 +22,8 @@ from plugin.store.migrate import alembic_config, current_revisions, head_revisio
 from plugin.store.models import Base
 
 CASE_TABLES = {"cases", "case_events", "case_comments", "users"}
-TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"} | CASE_TABLES
+SWEEP_TABLES = {"sweeps", "sweep_results"}
+TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"} | CASE_TABLES | SWEEP_TABLES
 
 
 def _tables(path: Path) -> set[str]:
@@ -111,11 +112,11 @@ def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_re
     assert {"case_events_no_update", "case_comments_no_delete"} <= _triggers(db_path)
     config = alembic_config(db_path)
     command.downgrade(config, "0002")
-    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES
+    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES
     assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
     assert _revision(db_path) == "0002"
     command.upgrade(config, "0003")
-    assert TABLES <= _tables(db_path)
+    assert TABLES - SWEEP_TABLES <= _tables(db_path)
     assert {"case_events_no_update", "case_events_no_delete", "case_comments_no_update"} <= _triggers(db_path)
     with Store.open(db_path, migrate=False) as store:
         assert store.get_result(kept.id) == kept
@@ -143,7 +144,7 @@ def test_a_database_at_0001_with_data_upgrades_to_0002_keeping_its_rows(db_path:
     assert "cds_cards" not in _tables(db_path)
 
     with Store.open(db_path) as store:
-        assert (_revision(db_path),) == head_revisions()
+        assert (_revision(db_path),) == head_revisions()  # 0002 and every later revision
         assert store.get_result(result.id) == result
         assert store.feedback_for() == [feedback]
         assert store.audit_events() == [event]
@@ -203,6 +204,7 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     assert "CONSTRAINT fk_cds_cards_result_id_results FOREIGN KEY(result_id) REFERENCES results (id)" in sql
     assert "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'" in sql
     assert "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'" in sql
+    assert "UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003'" in sql
 
 
 def test_append_only_triggers_exist_for_the_two_dialects_only() -> None:

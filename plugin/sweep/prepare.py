@@ -1,0 +1,169 @@
+"""The readers' side of a sweep: a `SweepUnit` in, what the model and the index need out.
+
+Run in worker processes (or Ray tasks): each reads its study's DICOM files and its patient's
+Bundle, links them, extracts the model's features (`fusion.model.factory.Preprocess`, the
+bundle's own preprocessing) and runs every rule-based check but the duplicate one, whose
+index spans the whole sweep and lives with the model (`plugin.sweep.scoring`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from connectors import Strictness, link_cases, read_bundle, read_dicom
+from connectors.domain import Case, PatientRecord, SiteProfile
+from fusion.checks import CHECKS, CheckContext, run_checks
+from fusion.checks.duplicates import ImageFingerprint, fingerprint
+from fusion.features import CaseFeatures
+from fusion.model.factory import Preprocess
+from fusion.result import CaseRef, Finding
+from plugin.sweep.units import SweepUnit
+
+__all__ = [
+    "DUPLICATE_CHECK",
+    "Failed",
+    "Fingerprinted",
+    "Prepared",
+    "ReaderConfig",
+    "fingerprint_many",
+    "fingerprint_unit",
+    "init_reader",
+    "load_case",
+    "prepare_many",
+    "prepare_unit",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The rule check that needs every study of the sweep (`CHECKS` key).
+DUPLICATE_CHECK = "duplicate.hash"
+_BEFORE = {k: v for k, v in list(CHECKS.items())[: list(CHECKS).index(DUPLICATE_CHECK)]}
+_AFTER = {k: v for k, v in list(CHECKS.items())[list(CHECKS).index(DUPLICATE_CHECK) + 1 :]}
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """What a reader needs besides the unit: the bundle's preprocessing, the site, the strictness."""
+
+    preprocess: Preprocess
+    site: SiteProfile | None = None
+    strictness: str = Strictness.WARN.value
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One study ready for the model: its features and its rule-based findings, those the checks
+    before the duplicate check give (``findings_before``) and after it (``findings_after``), each
+    most severe first."""
+
+    unit: SweepUnit
+    ref: CaseRef
+    features: CaseFeatures
+    findings_before: tuple[Finding, ...]
+    findings_after: tuple[Finding, ...]
+    feature_ms: float
+    checks_ms: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A study that could not be read; ``reason`` is the error's class and message (no patient data:
+    the connectors' messages name files and UIDs)."""
+
+    unit: SweepUnit
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fingerprinted:
+    """The perceptual hashes of a study's image, under the patient it is filed under."""
+
+    unit_fingerprint: str
+    patient_key: str
+    fingerprint: ImageFingerprint | None
+
+
+def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -> Case:
+    """Read and link the unit's study, as ``crosscheck check`` would."""
+    records: list[PatientRecord] = read_bundle(unit.bundle, strictness=strictness) if unit.bundle else []
+    studies = [
+        s
+        for s in read_dicom(unit.dicom, strictness=strictness)
+        if s.study_instance_uid == unit.study_instance_uid
+    ]
+    if not studies:
+        raise FileNotFoundError(f"{unit.dicom}: study {unit.study_instance_uid} is no longer there")
+    return link_cases(studies[:1], records)[0]
+
+
+def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
+    """Read, link, extract features and run the rule checks (all but the duplicate one)."""
+    try:
+        case = load_case(unit, config.strictness)
+        t = time.perf_counter()
+        features = config.preprocess(case)
+        feature_ms = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        context = CheckContext(site=config.site)
+        before = run_checks(case, context, checks=_BEFORE)
+        after = run_checks(case, context, checks=_AFTER)
+        checks_ms = (time.perf_counter() - t) * 1000
+    except Exception as exc:  # one unreadable study must not stop a sweep of thousands
+        logger.debug("study %s could not be read: %s", unit.study_instance_uid, type(exc).__name__)
+        return Failed(unit, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+    ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
+    return Prepared(unit, ref, features, before, after, feature_ms, checks_ms)
+
+
+def prepare_many(units: list[SweepUnit], config: ReaderConfig) -> list[Prepared | Failed]:
+    """`prepare_unit` over a chunk (one Ray task's work)."""
+    _one_thread()
+    return [prepare_unit(u, config) for u in units]
+
+
+def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -> Fingerprinted:
+    """The study's perceptual hashes for the duplicate index (``None``: no pixels, or unreadable),
+    under its patient id as `plugin.check.build_hash_index` keys them."""
+    fp: ImageFingerprint | None = None
+    try:
+        studies = [
+            s
+            for s in read_dicom(unit.dicom, strictness=strictness)
+            if s.study_instance_uid == unit.study_instance_uid
+        ]
+        if studies:
+            fp = fingerprint(studies[0])
+    except Exception as exc:
+        logger.debug("study %s not indexed: %s", unit.study_instance_uid, type(exc).__name__)
+    return Fingerprinted(unit.fingerprint, unit.patient_id or "unknown", fp)
+
+
+def init_reader() -> None:
+    """Worker-process initialiser: one torch thread (the processes are the parallelism), and an exit
+    when the parent dies (even by kill -9), so no orphan keeps reading."""
+    _one_thread()
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def fingerprint_many(units: list[SweepUnit], strictness: str = Strictness.WARN.value) -> list[Fingerprinted]:
+    """`fingerprint_unit` over a chunk (one Ray task's work)."""
+    _one_thread()
+    return [fingerprint_unit(u, strictness) for u in units]

@@ -1,0 +1,136 @@
+"""``crosscheck sweep``: score every study of a folder, store each result as it comes, resumably.
+
+1. the units (`plugin.sweep.units`), and those whose result this model already stored
+   (`Store.swept_fingerprints`): skipped;
+2. the duplicate index: every study's perceptual hashes, done ones included, computed by
+   the readers (the same index ``crosscheck check`` builds over a folder);
+3. the rest read, checked and scored (`LocalEngine`, or `RayEngine` with ``ray``), each
+   batch's results stored in one transaction with their inputs and the sweep id.
+
+Killed at any point (even by ``kill -9``), a sweep loses at most the batch in flight, which
+its next run scores again; the database's primary key on (model sha256, input
+fingerprint) keeps a study from being stored twice, also by two sweeps running at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from connectors.domain import SiteProfile
+from fusion.model.bundle import default_bundle_path, load_bundle
+from fusion.result import ModelInfo
+from plugin.store import Store
+from plugin.sweep.local import LocalEngine
+from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig
+from plugin.sweep.units import SweepUnit
+
+if TYPE_CHECKING:
+    from plugin.sweep.ray_engine import RayEngine
+
+__all__ = ["SweepReport", "run_sweep"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What a sweep did: studies found, done before, stored now, failed (``failures``: the
+    StudyInstanceUID and the reason of each), and how long it took."""
+
+    sweep_id: str | None
+    model: ModelInfo
+    studies: int
+    done_before: int
+    stored: int
+    failed: int
+    seconds: float
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+def run_sweep(
+    units: Sequence[SweepUnit],
+    *,
+    store: Store,
+    description: str,
+    site: SiteProfile | None = None,
+    model: Path | None = None,
+    device: str | None = None,
+    workers: int = 2,
+    batch_size: int = 16,
+    strictness: str = "warn",
+    ray: str | None = None,
+    duplicates: bool = True,
+    progress: bool = True,
+) -> SweepReport:
+    """Score the ``units`` not yet stored with this model, writing results to ``store`` as they come."""
+    if workers < 1 or batch_size < 1:
+        raise ValueError("workers and batch size must be at least 1")
+    t0 = time.perf_counter()
+    loaded = load_bundle(model or default_bundle_path(), device="cpu")
+    info = loaded.info
+    done = store.swept_fingerprints(info.sha256)
+    todo = [u for u in units if u.fingerprint not in done]
+    logger.info("sweep: %d studies, %d done before", len(units), len(units) - len(todo))
+    if not todo:
+        return SweepReport(None, info, len(units), len(units), 0, 0, time.perf_counter() - t0)
+    config = ReaderConfig(
+        preprocess=loaded.preprocess,
+        site=site,
+        strictness=strictness,
+    )
+    engine: LocalEngine | RayEngine
+    if ray is not None:
+        from plugin.sweep.ray_engine import RayEngine
+
+        engine = RayEngine(ray, config, model=model, device=device, batch_size=batch_size, workers=workers)
+    else:
+        engine = LocalEngine(config, model=model, device=device, workers=workers, batch_size=batch_size)
+    stored = 0
+    failures: list[tuple[str, str]] = []
+    with engine:
+        fingerprints: list[Fingerprinted] | None = None
+        if duplicates:
+            fingerprints = list(
+                tqdm(
+                    engine.fingerprints(units),
+                    total=len(units),
+                    desc="indexing",
+                    unit="study",
+                    disable=not progress,
+                )
+            )
+        engine_info = engine.start(fingerprints)
+        if engine_info.sha256 != info.sha256:  # pragma: no cover - the same bundle path on both sides
+            raise RuntimeError(
+                "the model loaded for scoring is not the one the sweep checked its work against"
+            )
+        sweep_id = store.start_sweep(model=info, description=description, studies=len(units))
+        with tqdm(total=len(todo), desc="sweep", unit="study", disable=not progress) as bar:
+            for batch in engine.results(todo):
+                items = [(b[1], b[0].inputs) for b in batch if not isinstance(b, Failed)]
+                failures += [(b.unit.study_instance_uid, b.reason) for b in batch if isinstance(b, Failed)]
+                if items:
+                    stored += store.save_sweep_results(sweep_id, items)
+                bar.update(len(batch))
+        store.finish_sweep(sweep_id)
+    for uid, reason in failures:
+        logger.debug("study %s not scored: %s", uid, reason)
+    if failures:
+        logger.warning("%d studies could not be read; the next run tries them again", len(failures))
+    return SweepReport(
+        sweep_id=sweep_id,
+        model=info,
+        studies=len(units),
+        done_before=len(units) - len(todo),
+        stored=stored,
+        failed=len(failures),
+        seconds=time.perf_counter() - t0,
+        failures=tuple(failures),
+    )
