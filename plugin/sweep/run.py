@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from connectors.domain import SiteProfile
 from fusion.model.bundle import default_bundle_path, load_bundle
-from fusion.result import ModelInfo
-from plugin.store import Store
+from fusion.result import CrossCheckResult, ModelInfo
+from plugin.store import CaseQueue, Store
 from plugin.sweep.local import LocalEngine
 from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig
 from plugin.sweep.units import SweepUnit
@@ -118,6 +118,7 @@ def run_sweep(
                 failures += [(b.unit.study_instance_uid, b.reason) for b in batch if isinstance(b, Failed)]
                 if items:
                     stored += store.save_sweep_results(sweep_id, items)
+                    _open_cases(store, [(r, inputs) for r, inputs in items if r.flagged], info.sha256)
                 bar.update(len(batch))
         store.finish_sweep(sweep_id)
     for uid, reason in failures:
@@ -134,3 +135,15 @@ def run_sweep(
         seconds=time.perf_counter() - t0,
         failures=tuple(failures),
     )
+
+
+def _open_cases(store: Store, flagged: list[tuple[CrossCheckResult, Mapping[str, str]]], sha256: str) -> None:
+    """A case in the investigators' queue for each flagged result (idempotent: one per study).
+
+    The sweep's results come back without their study, so the case is weighted by the
+    queue's default; the review page can re-weight it from the record."""
+    queue = CaseQueue(store)
+    for _, inputs in flagged:
+        stored = store.result_for_inputs(inputs, sha256)
+        if stored is not None:
+            queue.open_case_for(stored)

@@ -14,7 +14,7 @@ import pytest
 
 from plugin.cli import main
 from plugin.cohort import load_cohort
-from plugin.store import Store
+from plugin.store import CaseQueue, Store
 from plugin.sweep import run_sweep, units_from_folder
 
 Rows = Callable[[Path], list[tuple[str, str, float]]]
@@ -46,6 +46,10 @@ def test_sweep_stores_one_result_per_study_like_check(
         assert r["scores"]["overall"] == pytest.approx(c["scores"]["overall"], abs=1e-4)
         assert [f["code"] for f in r["findings"]] == [f["code"] for f in c["findings"]]
         assert r["model"]["version"] and r["model"]["sha256"]
+    flagged = {r["case"]["study_instance_uid"] for r in stored if r["flagged"]}
+    with Store.open(tmp_path / "crosscheck.db") as store:
+        cases = CaseQueue(store).cases(limit=100)
+    assert {c.study_instance_uid for c in cases} == flagged  # every flagged result is in the queue
 
 
 def test_a_second_sweep_skips_what_is_stored(cohort: Path, tmp_path: Path, sweep_rows: Rows) -> None:
