@@ -94,16 +94,26 @@ def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0001")
-    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES
+    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES - SWEEP_TABLES
     assert _revision(db_path) == "0001"
     command.upgrade(config, "0002")
-    assert TABLES - CASE_TABLES <= _tables(db_path)
+    assert TABLES - CASE_TABLES - SWEEP_TABLES <= _tables(db_path)
     assert _revision(db_path) == "0002"
 
 
 def _triggers(path: Path) -> set[str]:
     with sqlite3.connect(path) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
+def test_0004_down_drops_the_sweep_tables_only_and_up_again(db_path: Path) -> None:
+    Store.open(db_path).close()
+    config = alembic_config(db_path)
+    command.downgrade(config, "0003")
+    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES
+    assert _revision(db_path) == "0003"
+    command.upgrade(config, "0004")
+    assert TABLES <= _tables(db_path)
 
 
 def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_result) -> None:
@@ -115,8 +125,8 @@ def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_re
     assert _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES
     assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
     assert _revision(db_path) == "0002"
-    command.upgrade(config, "0003")
-    assert TABLES - SWEEP_TABLES <= _tables(db_path)
+    command.upgrade(config, "head")
+    assert TABLES <= _tables(db_path)
     assert {"case_events_no_update", "case_events_no_delete", "case_comments_no_update"} <= _triggers(db_path)
     with Store.open(db_path, migrate=False) as store:
         assert store.get_result(kept.id) == kept
