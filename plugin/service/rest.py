@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from connectors import Strictness, link_cases, read_bundle, read_dicom
-from connectors.domain import PatientRecord
+from connectors.domain import PatientRecord, Study
 from connectors.errors import DicomError, FhirBundleInvalid, NoImagingFound, NoInputFound
 from connectors.fhir.fetch import fetch_record
 from connectors.remote import study_uids_for
@@ -263,13 +264,28 @@ async def _from_upload(state: ServiceState, request: Request) -> list[Checked]:
             if not studies:
                 raise NoInputFound("the DICOM parts hold no study")
             cases = link_cases(studies, records)
-            return await state.engine.score_cases(
+            checked = await state.engine.score_cases(
                 cases, source="rest", inputs={"upload": uuid.uuid4().hex, "files": str(len(dicom_parts))}
             )
+            await asyncio.to_thread(_keep_images, state, studies)
+            return checked
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         await form.close()
+
+
+def _keep_images(state: ServiceState, studies: list[Study]) -> None:
+    """Keep the uploaded instances in the image cache (for the review page), as ingest does."""
+    for study in studies:
+        folder = state.engine.images_path(study.study_instance_uid)
+        if folder.is_dir():
+            continue  # the study is there already (ingest or an earlier upload)
+        folder.mkdir(parents=True)
+        for series in study.series:
+            for instance in series.instances:
+                if instance.path is not None and Path(instance.path).is_file():
+                    os.replace(instance.path, folder / f"{_safe_name(instance.sop_instance_uid)}.dcm")
 
 
 def _safe_name(filename: str | None) -> str:

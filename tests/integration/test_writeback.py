@@ -82,10 +82,12 @@ def scored(loaded: Path) -> Scored:
 
 
 def _flagged(result: CrossCheckResult) -> CrossCheckResult:
-    """The same study as if the model had found it synthetic (the cohort study itself may be clean)."""
+    """The same study as if the model had found it synthetic (the cohort study itself may be clean),
+    at a threshold of its own (the shipped model's threshold changes with each release)."""
     return dataclasses.replace(
         result,
         scores=Scores(consistency=result.scores.consistency, synthetic=0.97, overall=0.98),
+        threshold=0.9,
         flagged=True,
         findings=(
             Finding("model.synthetic", Severity.CRITICAL, "The pixels look generated or edited."),

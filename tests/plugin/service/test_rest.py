@@ -33,7 +33,9 @@ def _outcome(response: httpx.Response, status: int) -> str:
     return " ".join(i["diagnostics"] for i in body["issue"])
 
 
-def test_upload_scores_the_study_and_the_result_reads_back(serve: Serve, cohort: Path) -> None:
+def test_upload_scores_the_study_and_the_result_reads_back(
+    serve: Serve, cohort: Path, tmp_path: Path
+) -> None:
     files = study_files(cohort, 0)
     with serve() as url, httpx.Client(base_url=url, headers=KEY, timeout=60) as http:
         response = http.post("/v1/crosscheck", files=_upload(files))
@@ -52,6 +54,8 @@ def test_upload_scores_the_study_and_the_result_reads_back(serve: Serve, cohort:
             in metrics
         )
         assert 'crosscheck_score_count{score="overall"} 1.0' in metrics
+    kept = tmp_path / "data" / "images" / files[0]["study_instance_uid"]
+    assert len(list(kept.glob("*.dcm"))) == len(files[2])  # kept for the review page
 
 
 def test_upload_without_a_bundle_scores_the_image_alone(serve: Serve, cohort: Path) -> None:
@@ -153,8 +157,10 @@ def test_every_call_is_audited_without_patient_data(serve: Serve, cohort: Path, 
     assert ("result.create", result_id, 200) in actions
     assert ("result.read", result_id, 200) in actions
     assert ("result.read", None, 404) in actions
-    assert all(e.actor.kind == "api-key" and e.actor.id == "tester" for e in events)
-    assert all(e.model_version and e.model_version.startswith("crosscheck-fusion") for e in events)
+    calls = [e for e in events if e.action.startswith("result.")]
+    assert len(calls) == 3
+    assert all(e.actor.kind == "api-key" and e.actor.id == "tester" for e in calls)
+    assert all(e.model_version and e.model_version.startswith("crosscheck-fusion") for e in calls)
     bundle = json.loads(files[1].read_text())
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     dump = repr(events)
