@@ -101,6 +101,18 @@ def _store(tmp_path: Path) -> Store:
     return Store.open(f"sqlite:///{tmp_path / 'data' / 'crosscheck.db'}")
 
 
+def _wait_for_result(tmp_path: Path, study_instance_uid: str, sha256: str, seconds: float = 120) -> Any:
+    """The study's stored result once the background scoring has stored it (None after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with _store(tmp_path) as store:
+            stored = store.latest_result(study_instance_uid, sha256)
+        if stored is not None:
+            return stored
+        time.sleep(0.5)
+    return None
+
+
 def _spec_call(patient_id: str, fhir_url: str, token: str) -> dict[str, Any]:
     """The specification's example with what must point at this test's servers replaced."""
     body = copy.deepcopy(SPEC_PATIENT_VIEW)
@@ -221,12 +233,7 @@ def test_studies_arriving_at_orthanc_are_scored_from_its_change_feed(
                 httpx.post(f"{orthanc.url}/instances", content=path.read_bytes(), auth=auth).status_code
                 == 200
             )
-        deadline = time.monotonic() + 120
-        stored = None
-        while time.monotonic() < deadline and stored is None:
-            with _store(tmp_path) as store:
-                stored = store.latest_result(case["study_instance_uid"], scorer.model_info.sha256)
-            time.sleep(0.5)
+        stored = _wait_for_result(tmp_path, case["study_instance_uid"], scorer.model_info.sha256)
     assert stored is not None, "the change feed did not bring the study in"
     assert stored.source == "ingest"
 
@@ -327,11 +334,6 @@ def test_a_fhir_subscription_notification_gets_its_study_scored(
         )
         assert response.status_code == 200, response.text
         assert response.json()["queued"] == [case["study_instance_uid"]]
-        deadline = time.monotonic() + 120
-        stored = None
-        while time.monotonic() < deadline and stored is None:
-            with _store(tmp_path) as store:
-                stored = store.latest_result(case["study_instance_uid"], scorer.model_info.sha256)
-            time.sleep(0.5)
+        stored = _wait_for_result(tmp_path, case["study_instance_uid"], scorer.model_info.sha256)
     assert stored is not None and stored.source == "ingest"
     assert stored.result.scores.consistency is not None  # the record came from the FHIR server
