@@ -33,7 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from connectors import Strictness, link_cases, read_bundle, read_dicom
-from connectors.domain import PatientRecord
+from connectors.domain import PatientRecord, Study
 from connectors.errors import DicomError, FhirBundleInvalid, NoImagingFound, NoInputFound
 from connectors.fhir.fetch import fetch_record
 from connectors.remote import study_uids_for
@@ -262,6 +262,8 @@ async def _from_upload(state: ServiceState, request: Request) -> list[Checked]:
                 raise type(exc)(str(exc).replace(f"{folder}/dicom/", "").replace(f"{folder}/", "")) from None
             if not studies:
                 raise NoInputFound("the DICOM parts hold no study")
+            kept = [await asyncio.to_thread(state.engine.keep_study, s) for s in studies]
+            studies = [s for path in kept for s in await asyncio.to_thread(_read_kept, path)]
             cases = link_cases(studies, records)
             return await state.engine.score_cases(
                 cases, source="rest", inputs={"upload": uuid.uuid4().hex, "files": str(len(dicom_parts))}
@@ -270,6 +272,10 @@ async def _from_upload(state: ServiceState, request: Request) -> list[Checked]:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         await form.close()
+
+
+def _read_kept(folder: Path) -> list[Study]:
+    return read_dicom(folder, strictness=Strictness.RAISE)
 
 
 def _safe_name(filename: str | None) -> str:
