@@ -4,12 +4,16 @@
 warning findings in plain words, the model's view, and the record items that
 contradict the image most (labs with their values and whether they are normal,
 diagnoses, the order, the report). `write_heatmap_png` overlays the model's
-tamper heatmap on the image it looked at, for reports and the review page.
+tamper heatmap on the image it looked at, for reports and the review page;
+`heatmap_placement` gives the same heatmap as data, with where it lies on which
+frame (SOPInstanceUID, frame number, the window examined), so the review page can
+draw it as an overlay on the DICOM frame itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -21,10 +25,10 @@ from matplotlib.patches import Rectangle
 from numpy.typing import NDArray
 
 from connectors.domain import Case
-from fusion.features import FeatureConfig, central_frame
+from fusion.features import FeatureConfig, central_frame, examined_frame
 from fusion.result import CrossCheckResult, Severity
 
-__all__ = ["summary", "write_heatmap_png"]
+__all__ = ["heatmap_placement", "summary", "write_heatmap_png"]
 
 _MAX_ITEMS = 3
 _REPORT_WORD = "report says "  # the label of a report-word token (fusion.features)
@@ -106,3 +110,32 @@ def write_heatmap_png(
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def heatmap_placement(
+    case: Case, heatmap_logits: NDArray[np.float32], *, config: FeatureConfig | None = None
+) -> dict[str, Any] | None:
+    """The tamper heatmap as JSON-ready data: ``probability`` (p(tampered) per region, rows of the
+    grid), the frame it lies on (``series_instance_uid``, ``sop_instance_uid``, 1-based ``frame``,
+    its ``rows`` and ``columns``) and the square window of ``size`` pixels at ``top``, ``left``
+    that the forensic branch examined. None when the case has no decodable pixels."""
+    config = config or FeatureConfig()
+    found = central_frame(case, config)
+    where = examined_frame(case)
+    if found is None or where is None:
+        return None
+    frame, _, (top, left) = found
+    instance, number = where
+    series = next(s for s in case.study.series if any(i is instance for i in s.instances))
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(heatmap_logits, np.float64)))
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "sop_instance_uid": instance.sop_instance_uid,
+        "frame": number,
+        "rows": int(frame.shape[0]),
+        "columns": int(frame.shape[1]),
+        "top": int(top),
+        "left": int(left),
+        "size": int(config.forensic_crop),
+        "probability": [[round(float(v), 4) for v in row] for row in prob],
+    }

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-# The integration tests start a real PACS: Orthanc with its DICOMweb and GDCM plugins.
-install_system_packages orthanc orthanc-dicomweb orthanc-gdcm
+# The integration tests start a real PACS: Orthanc with its DICOMweb and GDCM plugins; the review
+# page tests drive Debian's chromium with Playwright (no browser download).
+install_system_packages orthanc orthanc-dicomweb orthanc-gdcm chromium
 make_venv "test"
 python -m pytest "$@"

@@ -1,7 +1,8 @@
 """``create_app``: the FastAPI app of ``crosscheck serve``.
 
 Routes: CDS Hooks (``/cds-services``), the REST API (``/v1``), operations
-(``/healthz``, ``/readyz``, ``/metrics``), ingest (``/ingest``). The heavy parts
+(``/healthz``, ``/readyz``, ``/metrics``), ingest (``/ingest``), and the investigators'
+review page (``/review``, behind its own logins: `plugin.review`). The heavy parts
 (model, database, ingest poller) are made in the lifespan, so importing and
 building the app is cheap and a test can hand in its own parts. Every error is an
 OperationOutcome (`plugin.service.outcome`).
@@ -150,4 +151,7 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(rest.router)
     app.include_router(ingest.router)
+    from plugin.review import install_review
+
+    install_review(app)
     return app

@@ -13,7 +13,9 @@ arriving at ingest. The engine
   task), and lets a caller stop waiting at a deadline while the task goes on:
   the next call finds the result in the store;
 - opens a case in the investigators' queue for each flagged result (`plugin.store.CaseQueue`);
-- keeps each result with a heatmap PNG beside it, and writes back (FHIR
+- keeps the images it scored (``images/<StudyInstanceUID>/``, uploads too: `keep_study`) and
+  each result with a heatmap PNG beside it (and the heatmap as data, with the frame
+  it lies on: ``heatmaps/<result id>.json``, for the review page's overlay), and writes back (FHIR
   DetectedIssue, DICOM SR) when configured, both after the caller has its answer
   and without ever failing the caller because of them.
 """
@@ -21,6 +23,7 @@ arriving at ingest. The engine
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import time
@@ -105,8 +108,29 @@ class Engine:
     def heatmap_path(self, result_id: str) -> Path:
         return self.data_dir / "heatmaps" / f"{result_id}.png"
 
+    def heatmap_data_path(self, result_id: str) -> Path:
+        """The heatmap as data (`fusion.explain.heatmap_placement`), JSON."""
+        return self.data_dir / "heatmaps" / f"{result_id}.json"
+
     def images_path(self, study_instance_uid: str) -> Path:
         return self.data_dir / "images" / study_instance_uid
+
+    def keep_study(self, study: Study) -> Path:
+        """Copy an uploaded study's files under ``images/<StudyInstanceUID>/`` (replacing what was
+        kept for it), so its heatmap and the review page can read its pixels after the upload's
+        folder is gone; the folder. Blocking: call it off the event loop."""
+        folder = self.images_path(study.study_instance_uid)
+        if folder.parent != self.data_dir / "images":
+            raise ValueError(f"{study.study_instance_uid!r} is not a StudyInstanceUID")
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for n, instance in enumerate(study.instances):
+            if instance.path is not None:
+                shutil.copyfile(instance.path, tmp / f"{n:05d}.dcm")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return folder
 
     # ------------------------------------------------------------------ lookups
     async def stored(self, study_instance_uid: str) -> StoredResult | None:
@@ -273,15 +297,17 @@ class Engine:
         return result, prediction
 
     def _write_heatmap(self, case: Case, prediction: Prediction, result_id: str) -> None:
-        from fusion.explain import write_heatmap_png
+        from fusion.explain import heatmap_placement, write_heatmap_png
 
+        config = self.scorer.bundle.config.features
         try:
-            write_heatmap_png(
-                case,
-                prediction.heatmap,
-                self.heatmap_path(result_id),
-                config=self.scorer.bundle.config.features,
-            )
+            write_heatmap_png(case, prediction.heatmap, self.heatmap_path(result_id), config=config)
+            placement = heatmap_placement(case, prediction.heatmap, config=config)
+            if placement is not None:
+                target = self.heatmap_data_path(result_id)
+                partial_file = target.with_suffix(".json.partial")
+                partial_file.write_text(json.dumps(placement, separators=(",", ":")))
+                partial_file.replace(target)
         except (OSError, ValueError) as exc:
             logger.warning("no heatmap for result %s (%s)", result_id, type(exc).__name__)
 

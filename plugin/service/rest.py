@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -263,29 +262,20 @@ async def _from_upload(state: ServiceState, request: Request) -> list[Checked]:
                 raise type(exc)(str(exc).replace(f"{folder}/dicom/", "").replace(f"{folder}/", "")) from None
             if not studies:
                 raise NoInputFound("the DICOM parts hold no study")
+            kept = [await asyncio.to_thread(state.engine.keep_study, s) for s in studies]
+            studies = [s for path in kept for s in await asyncio.to_thread(_read_kept, path)]
             cases = link_cases(studies, records)
-            checked = await state.engine.score_cases(
+            return await state.engine.score_cases(
                 cases, source="rest", inputs={"upload": uuid.uuid4().hex, "files": str(len(dicom_parts))}
             )
-            await asyncio.to_thread(_keep_images, state, studies)
-            return checked
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         await form.close()
 
 
-def _keep_images(state: ServiceState, studies: list[Study]) -> None:
-    """Keep the uploaded instances in the image cache (for the review page), as ingest does."""
-    for study in studies:
-        folder = state.engine.images_path(study.study_instance_uid)
-        if folder.is_dir():
-            continue  # the study is there already (ingest or an earlier upload)
-        folder.mkdir(parents=True)
-        for series in study.series:
-            for instance in series.instances:
-                if instance.path is not None and Path(instance.path).is_file():
-                    os.replace(instance.path, folder / f"{_safe_name(instance.sop_instance_uid)}.dcm")
+def _read_kept(folder: Path) -> list[Study]:
+    return read_dicom(folder, strictness=Strictness.RAISE)
 
 
 def _safe_name(filename: str | None) -> str:

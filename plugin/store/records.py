@@ -85,8 +85,10 @@ class AuditAction(StrEnum):
     in the transaction that makes them; the review page records views (``case.read``)."""
 
     CASE_COMMENT = "case.comment"
+    CASE_LIST = "case.list"
     CASE_OPEN = "case.open"
     CASE_READ = "case.read"
+    CASE_REPORT = "case.report"
     CASE_UPDATE = "case.update"
     CDS_CALL = "cds.call"
     FEEDBACK = "feedback"
@@ -97,6 +99,7 @@ class AuditAction(StrEnum):
     USER_CREATE = "user.create"
     USER_DISABLE = "user.disable"
     USER_LOGIN = "user.login"
+    USER_LOGOUT = "user.logout"
     USER_PASSWORD = "user.password"
     WRITEBACK = "writeback"
 

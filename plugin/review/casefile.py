@@ -1,0 +1,176 @@
+"""Everything the case page and the case report show about one case, gathered in one place.
+
+A :class:`CaseFile` holds the case, the result it stands for, its history, the study's image
+series (as kept by the service), the heatmap and where it lies, and the similar images the
+perceptual-hash index knows of. The record timeline is not kept by the service yet: the page
+shows the record items the model weighed (the result's ``contributions``) and the findings'
+FHIR evidence instead, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusion.checks.duplicates import PerceptualHashIndex
+from fusion.explain import summary
+from fusion.result import CrossCheckResult
+from plugin.review.imaging import WINDOW_PRESETS, StudyImages, Window, series_frames
+from plugin.store import Case, CaseQueue, HistoryEntry, Store, StoredResult
+
+__all__ = ["CaseFile", "SeriesView", "SimilarImage", "build_case_file", "default_window", "heatmap_data"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesView:
+    """A series the viewer can scroll: its identity, modality, frame count and starting window
+    (``None``: from the frame's own percentiles)."""
+
+    series_instance_uid: str
+    modality: str
+    description: str | None
+    frames: int
+    window: Window | None
+    presets: dict[str, Window]
+
+
+@dataclass(frozen=True)
+class SimilarImage:
+    """A study elsewhere in the archive whose image matches this one (`PerceptualHashIndex`), and
+    its case when it has one."""
+
+    study_instance_uid: str
+    same_patient: bool
+    phash_distance: int
+    dhash_distance: int
+    texture_correlation: float | None
+    case_id: int | None
+
+
+@dataclass(frozen=True)
+class CaseFile:
+    """See the module docstring. ``examined`` is (series, 0-based position) of the frame the model
+    examined; ``heatmap`` its heatmap data; ``similar`` None when no index was searched."""
+
+    case: Case
+    stored: StoredResult | None
+    history: list[HistoryEntry]
+    series: list[SeriesView]
+    examined: tuple[str, int] | None
+    heatmap: dict[str, Any] | None
+    heatmap_figure: Path | None
+    similar: list[SimilarImage] | None
+
+    @property
+    def result(self) -> CrossCheckResult | None:
+        return None if self.stored is None else self.stored.result
+
+    @property
+    def summary(self) -> str:
+        return "" if self.result is None else summary(self.result)
+
+
+def default_window(series_modality: str, header: Window | None) -> Window | None:
+    """The window a series opens at: its header's, else CT's mediastinum, else None (auto)."""
+    if header is not None:
+        return header
+    if series_modality == "CT":
+        return WINDOW_PRESETS["CT"]["mediastinum"]
+    return None
+
+
+def heatmap_data(data_dir: Path, result_id: str) -> dict[str, Any] | None:
+    """The heatmap data the engine kept for a result (``heatmaps/<id>.json``), or None."""
+    path = Path(data_dir) / "heatmaps" / f"{result_id}.json"
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def build_case_file(
+    case: Case,
+    *,
+    store: Store,
+    data_dir: Path,
+    images: StudyImages,
+    hash_index: PerceptualHashIndex | None,
+) -> CaseFile:
+    """Gather a case's file (blocking: database and disk; call it off the event loop)."""
+    queue = CaseQueue(store)
+    stored = store.get_result(case.result_id)
+    history = queue.history(case.id)
+    study = images.study(case.study_instance_uid)
+    views: list[SeriesView] = []
+    if study is not None:
+        for series in images.image_series(study):
+            frames = series_frames(series)
+            first = frames[0].instance
+            header = None
+            if first.window_center is not None and first.window_width and first.window_width > 0:
+                header = Window(first.window_center, first.window_width)
+            modality = series.modality.upper()
+            views.append(
+                SeriesView(
+                    series_instance_uid=series.series_instance_uid,
+                    modality=modality,
+                    description=series.description,
+                    frames=len(frames),
+                    window=default_window(modality, header),
+                    presets=WINDOW_PRESETS.get(modality, {}),
+                )
+            )
+    heatmap = heatmap_data(data_dir, case.result_id)
+    examined = None
+    if heatmap is not None and study is not None:
+        examined = _position(study, heatmap)
+    figure = Path(data_dir) / "heatmaps" / f"{case.result_id}.png"
+    similar = None
+    if hash_index is not None and study is not None:
+        owner = case.patient_id or study.patient.patient_id or "unknown"
+        try:
+            matches = hash_index.query(study, owner)
+        except Exception as exc:  # undecodable pixels: no similar images to show
+            logger.warning("similar images not searched (%s)", type(exc).__name__)
+            matches = ()
+        similar = []
+        for m in matches:
+            other = queue.case_for_study(m.study_instance_uid)
+            similar.append(
+                SimilarImage(
+                    m.study_instance_uid,
+                    m.same_patient,
+                    m.phash_distance,
+                    m.dhash_distance,
+                    m.texture_correlation,
+                    None if other is None else other.id,
+                )
+            )
+    return CaseFile(
+        case=case,
+        stored=stored,
+        history=history,
+        series=views,
+        examined=examined,
+        heatmap=heatmap,
+        heatmap_figure=figure if figure.is_file() else None,
+        similar=similar,
+    )
+
+
+def _position(study: Any, heatmap: dict[str, Any]) -> tuple[str, int] | None:
+    for series in study.series:
+        if series.series_instance_uid != heatmap.get("series_instance_uid"):
+            continue
+        for n, ref in enumerate(series_frames(series)):
+            if ref.instance.sop_instance_uid == heatmap.get("sop_instance_uid") and ref.frame + 1 == int(
+                heatmap.get("frame", 1)
+            ):
+                return series.series_instance_uid, n
+    return None

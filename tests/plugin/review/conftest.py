@@ -1,0 +1,91 @@
+"""The review page's fixtures: an investigator's login, and a running service with a flagged case
+(a cohort study uploaded through the REST API, as ``tests/plugin/service/test_rest.py`` does)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from plugin.store import CaseQueue, Store
+from plugin.store.users import ScryptParams, Users
+from tests.plugin.service.conftest import API_KEY, Serve, cds_client, scorer, serve, study_files
+
+__all__ = ["PASSWORD", "USER", "Flagged", "cds_client", "flagged", "login", "scorer", "serve"]
+
+USER = "alice"
+PASSWORD = "correct horse battery"
+OTHER = "bob"
+
+
+def add_users(data_dir: Path) -> None:
+    """Two investigators, before the service starts (cheap scrypt: tests)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with Store.open(f"sqlite:///{data_dir / 'crosscheck.db'}") as store:
+        users = Users(store, params=ScryptParams(n=2**10))
+        users.create_user(USER, PASSWORD, display_name="Alice")
+        users.create_user(OTHER, PASSWORD + "!")
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "the page has no CSRF token"
+    return found.group(1)
+
+
+def login(http: httpx.Client, user: str = USER, password: str = PASSWORD) -> httpx.Response:
+    """Log ``http`` (a client that keeps cookies) in through the form; the answer to the POST."""
+    form = http.get("/review/login")
+    assert form.status_code == 200
+    return http.post(
+        "/review/login",
+        data={"user_name": user, "password": password, "csrf_token": csrf_of(form.text), "next": "/review"},
+    )
+
+
+@dataclass(frozen=True)
+class Flagged:
+    url: str
+    data_dir: Path
+    case_id: int
+    result_id: str
+    study_instance_uid: str
+    patient_id: str
+
+
+@pytest.fixture
+def flagged(serve: Serve, cohort: Path, tmp_path: Path) -> Iterator[Flagged]:
+    """A running service holding one flagged case (pat-000000's synthetic study), its heatmap
+    written."""
+    data_dir = tmp_path / "data"
+    add_users(data_dir)
+    entry, bundle, dicom = study_files(cohort, 0)
+    parts = [("dicom", (p.name, p.read_bytes(), "application/dicom")) for p in dicom]
+    parts.append(("bundle", ("bundle.json", bundle.read_bytes(), "application/fhir+json")))
+    with serve(data_dir=data_dir) as url:
+        answer = httpx.post(f"{url}/v1/crosscheck", files=parts, headers={"X-API-Key": API_KEY}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        (item,) = answer.json()["results"]
+        assert item["result"]["flagged"], "pat-000000's synthetic study should be flagged"
+        heatmap = data_dir / "heatmaps" / f"{item['id']}.json"
+        for _ in range(600):  # written after the answer, off the caller's path
+            if heatmap.is_file():
+                break
+            time.sleep(0.1)
+        assert heatmap.is_file(), "the engine wrote no heatmap data"
+        with Store.open(f"sqlite:///{data_dir / 'crosscheck.db'}") as store:
+            case = CaseQueue(store).case_for_study(item["result"]["case"]["study_instance_uid"])
+        assert case is not None
+        yield Flagged(
+            url,
+            data_dir,
+            case.id,
+            item["id"],
+            case.study_instance_uid,
+            entry["patient_id"],
+        )
