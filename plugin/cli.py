@@ -262,6 +262,23 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from plugin.review.report import write_report
+    from plugin.settings import load_settings
+    from plugin.store import Store
+
+    ids = []
+    for given in args.case_ids:
+        if not given.isdigit():
+            raise UsageError(f"{given!r} is not a case id: give the numbers the review page's queue shows")
+        ids.append(int(given))
+    settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
+    with Store.open(settings.database) as store:
+        out = write_report(ids, Path(args.out), store=store, data_dir=settings.data_dir)
+    print(f"wrote the report of {len(set(ids))} case{'' if len(set(ids)) == 1 else 's'} to {out}")
+    return 0
+
+
 def _new_password() -> str:
     import getpass
     import os
@@ -512,6 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("labels", _cmd_labels, "Export training labels from dispositions and CDS Hooks feedback (JSON).")
     p.add_argument("--out", required=True, help="JSON file to write")
+    _add_database_arguments(p)
+
+    p = add(
+        "report",
+        _cmd_report,
+        "Write a self-contained case report (HTML, or PDF with Playwright and chromium) for a file or a "
+        "referral: images, heatmap, scores, evidence, record items, disposition history.",
+    )
+    p.add_argument("case_ids", nargs="+", metavar="CASE_ID", help="case ids, as the review page shows them")
+    p.add_argument("--out", required=True, help="file to write: .html, or .pdf (printed by Chromium)")
     _add_database_arguments(p)
 
     p = add("users", _cmd_users, "Manage the investigators' logins of the review page.")

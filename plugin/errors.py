@@ -27,6 +27,8 @@
      |    +-- InvalidWriteBack     what the write-back built does not validate (a bug here: report it)
      +-- RequestInvalid            a request to the service that cannot be answered as sent (400)
      +-- ApiAuthenticationError    a REST call without a valid API key or bearer token (401)
+     +-- ReportError               a case report (``crosscheck report``) that cannot be written
+          +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
 
 Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch below
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
@@ -59,9 +61,11 @@ __all__ = [
     "FieldProblem",
     "InvalidWriteBack",
     "MigrationFailed",
+    "PdfRendererMissing",
     "PluginError",
     "PrefetchInvalid",
     "PrefetchUnavailable",
+    "ReportError",
     "RequestInvalid",
     "ResultNotFound",
     "SchemaOutOfDate",
@@ -196,6 +200,17 @@ class RequestInvalid(PluginError):
 
 class ApiAuthenticationError(PluginError):
     """A REST call without a valid API key or OAuth2 bearer token (401)."""
+
+
+# -- case reports (plugin.review.report) --------------------------------------------------------
+
+
+class ReportError(PluginError):
+    """A case report that cannot be written as asked."""
+
+
+class PdfRendererMissing(ReportError):
+    """A PDF report asked for where Playwright or Debian's Chromium is not installed."""
 
 
 # -- CDS Hooks calls (plugin.cds) ---------------------------------------------------------------

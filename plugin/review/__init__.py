@@ -1,7 +1,8 @@
 """The fraud investigators' review page, served by ``crosscheck serve`` at ``/review``.
 
 `routes` (the pages, behind logins: `session`), `casefile` (what a case page shows),
-`imaging` (DICOM frames as PNG at a window, the heatmap overlay).
+`imaging` (DICOM frames as PNG at a window, the heatmap overlay), `report` (the case page as a
+self-contained HTML or PDF file: ``crosscheck report``).
 """
 
 from plugin.review.routes import install_review
