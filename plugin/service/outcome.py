@@ -125,9 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _known(request: Request, exc: Exception) -> JSONResponse:
         status, code = status_for(exc)
         if status == 500:
-            logger.error(
-                "unexpected %s answering %s %s", type(exc).__name__, request.method, request.url.path
-            )
+            route = getattr(request.scope.get("route"), "path", "unmatched")  # the template: no ids in it
+            logger.error("unexpected %s answering %s %s", type(exc).__name__, request.method, route)
             return operation_outcome(500, code, "internal error; the service log has its type")
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
