@@ -12,7 +12,9 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 from connectors import Strictness, link_cases, read_bundle, read_dicom
 from connectors.domain import Case, PatientRecord, SiteProfile
@@ -87,9 +89,28 @@ class Fingerprinted:
     fingerprint: ImageFingerprint | None
 
 
+_BUNDLES: OrderedDict[tuple[str, int, int, str], list[PatientRecord]] = OrderedDict()
+_BUNDLES_KEPT = 32  # a patient's studies usually come together: keep the last few records parsed
+
+
+def _records(bundle: Path, strictness: Strictness | str) -> list[PatientRecord]:
+    """The Bundle's records, parsed once per reader while the file is unchanged (validating a
+    patient's whole record is most of the cost of reading a study)."""
+    st = bundle.stat()
+    key = (str(bundle), st.st_size, st.st_mtime_ns, Strictness.of(strictness).value)
+    if key in _BUNDLES:
+        _BUNDLES.move_to_end(key)
+        return _BUNDLES[key]
+    records = read_bundle(bundle, strictness=strictness)
+    _BUNDLES[key] = records
+    while len(_BUNDLES) > _BUNDLES_KEPT:
+        _BUNDLES.popitem(last=False)
+    return records
+
+
 def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -> Case:
     """Read and link the unit's study, as ``crosscheck check`` would."""
-    records: list[PatientRecord] = read_bundle(unit.bundle, strictness=strictness) if unit.bundle else []
+    records: list[PatientRecord] = _records(Path(unit.bundle), strictness) if unit.bundle else []
     studies = [
         s
         for s in read_dicom(unit.dicom, strictness=strictness)
