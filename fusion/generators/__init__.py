@@ -18,7 +18,6 @@ simulator chooses among them through `fusion.cohort.images.families`.
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fusion.cohort.scenario import StudyKind
-from fusion.generators.store import family_weights_paths, read_weights
+from fusion.generators.store import CachedLoader, family_weights_paths
 from fusion.generators.vae import (
     ConvVae,
     GeneratorWeightsMissing,
@@ -54,6 +53,18 @@ def weights_paths(kind: StudyKind | str, weights_dir: str | Path | None = None) 
     return family_weights_paths("vae", kind, weights_dir)
 
 
+def _build(kind: StudyKind, meta: dict[str, Any], state: dict[str, Any]) -> VaeGenerator:
+    model = ConvVae(VaeConfig.from_dict(meta["config"]))
+    model.load_state_dict(state)
+    model.requires_grad_(False)
+    norm = IntensityNorm.from_dict(meta["normalisation"])
+    temperature = float(meta.get("temperature", 0.7))
+    return VaeGenerator(model, kind, norm, temperature=temperature, training=meta.get("training"))
+
+
+_LOADER = CachedLoader("vae", "VAE", TRAIN_COMMAND, _build)
+
+
 def load_generator(kind: StudyKind | str, weights_dir: str | Path | None = None) -> VaeGenerator:
     """The trained VAE generator for ``kind``, cached per process.
 
@@ -62,21 +73,7 @@ def load_generator(kind: StudyKind | str, weights_dir: str | Path | None = None)
     ``ModelBundleError`` when they are present but unreadable. The returned
     generator is shared: treat it as read-only.
     """
-    kind = StudyKind(kind)
-    return _load_cached(kind, None if weights_dir is None else str(Path(weights_dir).resolve()))
-
-
-@functools.lru_cache(maxsize=16)
-def _load_cached(kind: StudyKind, weights_dir: str | None) -> VaeGenerator:
-    def build(meta: dict[str, Any], state: dict[str, Any]) -> VaeGenerator:
-        model = ConvVae(VaeConfig.from_dict(meta["config"]))
-        model.load_state_dict(state)
-        model.requires_grad_(False)
-        norm = IntensityNorm.from_dict(meta["normalisation"])
-        temperature = float(meta.get("temperature", 0.7))
-        return VaeGenerator(model, kind, norm, temperature=temperature, training=meta.get("training"))
-
-    return read_weights("vae", "VAE", kind, weights_dir, TRAIN_COMMAND, build)
+    return _LOADER(kind, weights_dir)
 
 
 def sample(

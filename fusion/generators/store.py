@@ -4,18 +4,19 @@ A family's weights for one study kind are two files in ``fusion/generators/weigh
 (or a folder the caller gives): ``<family>-<kind>.safetensors`` (the state dict)
 and ``<family>-<kind>.json`` (config, normalisation, training summary). The
 loaders of `fusion.generators` (VAE), `train_gan` and `train_diffusion` read them
-through `read_weights`, which names the command that trains missing weights and
-turns unreadable ones into ``ModelBundleError``.
+through a `CachedLoader` (`read_weights` once per kind and folder), which names the
+command that trains missing weights and turns unreadable ones into ``ModelBundleError``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -25,7 +26,7 @@ from fusion.cohort.scenario import StudyKind
 from fusion.errors import ModelBundleError
 from fusion.generators.vae import GeneratorWeightsMissing
 
-__all__ = ["SHIPPED_DIR", "family_weights_paths", "read_weights", "write_weights"]
+__all__ = ["SHIPPED_DIR", "CachedLoader", "family_weights_paths", "read_weights", "write_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +103,27 @@ def read_weights(
         raise ModelBundleError(f"{meta_path} holds a {label} for {meta.get('kind')!r}, not {kind.value!r}")
     logger.info("loaded %s generator for %s", label, kind.value)
     return built
+
+
+class CachedLoader(Generic[T]):
+    """One family's loader: ``loader(kind, weights_dir=None)`` gives ``build(kind, metadata, state_dict)``
+    of its weights for ``kind``, read once per process and folder (see `read_weights` for the
+    errors). The generator it returns is shared: treat it as read-only."""
+
+    def __init__(
+        self,
+        family: str,
+        label: str,
+        train_command: str,
+        build: Callable[[StudyKind, dict[str, Any], dict[str, torch.Tensor]], T],
+    ) -> None:
+        self.family, self.label, self.train_command, self.build = family, label, train_command, build
+        self._cached = functools.lru_cache(maxsize=16)(self._read)
+
+    def __call__(self, kind: StudyKind | str, weights_dir: str | Path | None = None) -> T:
+        folder = None if weights_dir is None else str(Path(weights_dir).resolve())
+        return self._cached(StudyKind(kind), folder)
+
+    def _read(self, kind: StudyKind, weights_dir: str | None) -> T:
+        build = functools.partial(self.build, kind)
+        return read_weights(self.family, self.label, kind, weights_dir, self.train_command, build)

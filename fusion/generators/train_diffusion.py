@@ -25,7 +25,6 @@ the command). It is deterministic given ``--seed`` and ``--threads``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import shlex
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from fusion.cohort.scenario import StudyKind
 from fusion.errors import TrainingDataError
 from fusion.generators.diffusion import DiffusionConfig, DiffusionGenerator, DiffusionUNet, NoiseSchedule
-from fusion.generators.store import family_weights_paths, read_weights, write_weights
+from fusion.generators.store import CachedLoader, family_weights_paths, write_weights
 from fusion.generators.train_vae import collect_frames, unit_batch
 from fusion.generators.vae import IntensityNorm
 
@@ -210,6 +209,17 @@ def save_diffusion(gen: DiffusionGenerator, path_stem: str | Path) -> tuple[Path
     return write_weights(path_stem, state, gen.metadata(), kind=gen.kind, family="diffusion")
 
 
+def _build(kind: StudyKind, meta: dict[str, Any], state: dict[str, Any]) -> DiffusionGenerator:
+    model = DiffusionUNet(DiffusionConfig.from_dict(meta["config"]))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.requires_grad_(False)
+    norm = IntensityNorm.from_dict(meta["normalisation"])
+    return DiffusionGenerator(model, kind, norm, training=meta.get("training"))
+
+
+_LOADER = CachedLoader("diffusion", "diffusion model", TRAIN_COMMAND, _build)
+
+
 def load_diffusion(kind: StudyKind | str, weights_dir: str | Path | None = None) -> DiffusionGenerator:
     """The trained diffusion generator for ``kind``, cached per process.
 
@@ -218,20 +228,7 @@ def load_diffusion(kind: StudyKind | str, weights_dir: str | Path | None = None)
     ``ModelBundleError`` when they are present but unreadable. The returned
     generator is shared: treat it as read-only.
     """
-    kind = StudyKind(kind)
-    return _load_cached(kind, None if weights_dir is None else str(Path(weights_dir).resolve()))
-
-
-@functools.lru_cache(maxsize=16)
-def _load_cached(kind: StudyKind, weights_dir: str | None) -> DiffusionGenerator:
-    def build(meta: dict[str, Any], state: dict[str, Any]) -> DiffusionGenerator:
-        model = DiffusionUNet(DiffusionConfig.from_dict(meta["config"]))
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-        model.requires_grad_(False)
-        norm = IntensityNorm.from_dict(meta["normalisation"])
-        return DiffusionGenerator(model, kind, norm, training=meta.get("training"))
-
-    return read_weights("diffusion", "diffusion model", kind, weights_dir, TRAIN_COMMAND, build)
+    return _LOADER(kind, weights_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

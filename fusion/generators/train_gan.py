@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import logging
 import shlex
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from fusion.cohort.scenario import StudyKind
 from fusion.errors import TrainingDataError
 from fusion.generators.gan import ConvDiscriminator, ConvGenerator, GanConfig, GanGenerator
-from fusion.generators.store import family_weights_paths, read_weights, write_weights
+from fusion.generators.store import CachedLoader, family_weights_paths, write_weights
 from fusion.generators.train_vae import collect_frames, unit_batch
 from fusion.generators.vae import IntensityNorm
 
@@ -237,6 +236,18 @@ def save_gan(gen: GanGenerator, path_stem: str | Path) -> tuple[Path, Path]:
     return write_weights(path_stem, gen.model.state_dict(), gen.metadata(), kind=gen.kind, family="gan")
 
 
+def _build(kind: StudyKind, meta: dict[str, Any], state: dict[str, Any]) -> GanGenerator:
+    model = ConvGenerator(GanConfig.from_dict(meta["config"]))
+    model.load_state_dict(state)
+    model.requires_grad_(False)
+    return GanGenerator(
+        model, kind, IntensityNorm.from_dict(meta["normalisation"]), training=meta.get("training")
+    )
+
+
+_LOADER = CachedLoader("gan", "GAN", TRAIN_COMMAND, _build)
+
+
 def load_gan(kind: StudyKind | str, weights_dir: str | Path | None = None) -> GanGenerator:
     """The trained GAN generator for ``kind``, cached per process.
 
@@ -245,21 +256,7 @@ def load_gan(kind: StudyKind | str, weights_dir: str | Path | None = None) -> Ga
     ``ModelBundleError`` when they are present but unreadable. The returned
     generator is shared: treat it as read-only.
     """
-    kind = StudyKind(kind)
-    return _load_cached(kind, None if weights_dir is None else str(Path(weights_dir).resolve()))
-
-
-@functools.lru_cache(maxsize=16)
-def _load_cached(kind: StudyKind, weights_dir: str | None) -> GanGenerator:
-    def build(meta: dict[str, Any], state: dict[str, Any]) -> GanGenerator:
-        model = ConvGenerator(GanConfig.from_dict(meta["config"]))
-        model.load_state_dict(state)
-        model.requires_grad_(False)
-        return GanGenerator(
-            model, kind, IntensityNorm.from_dict(meta["normalisation"]), training=meta.get("training")
-        )
-
-    return read_weights("gan", "GAN", kind, weights_dir, TRAIN_COMMAND, build)
+    return _LOADER(kind, weights_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
