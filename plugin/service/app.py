@@ -91,9 +91,9 @@ def _build_state(
     policy = StudyPolicy(
         count=settings.patient_view_max_studies, max_age=timedelta(days=settings.patient_view_max_age_days)
     )
-    state.extras["cds_services"] = make_services(policy)
+    state.cds_services = make_services(policy)
     if registry is not None:
-        state.extras["cds_verifier"] = CdsTokenVerifier(registry, StoreReplayCache(store))
+        state.cds_verifier = CdsTokenVerifier(registry, StoreReplayCache(store))
     engine.after_score = make_writeback(state)
     return state
 

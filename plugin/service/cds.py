@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse
 
 from connectors.errors import ConnectorError
 from connectors.http import RetryPolicy, Timeouts
-from plugin.cds.auth import CdsTokenVerifier
 from plugin.cds.cards import CardOptions, cards_for, consistent_card, running_card
 from plugin.cds.models import Card, CdsResponse, parse_feedback, parse_request
 from plugin.cds.prefetch import load_prefetch
@@ -62,7 +61,7 @@ class CdsCaller:
 async def cds_caller(request: Request, authorization: str | None = Header(default=None)) -> CdsCaller:
     """Check the call's bearer JWT; the audience is the exact URL the client called."""
     state = get_state(request)
-    verifier: CdsTokenVerifier | None = state.extras.get("cds_verifier")
+    verifier = state.cds_verifier
     if verifier is None:  # --insecure-no-auth
         return CdsCaller(Actor(ActorKind.ANONYMOUS))
     audience = state.public_base(request) + request.url.path
@@ -201,8 +200,7 @@ async def call_service(
 
 
 def _service(state: ServiceState, service_id: str) -> CdsService:
-    services: dict[str, CdsService] | None = state.extras.get("cds_services")
-    return find_service(service_id, services) if services is not None else find_service(service_id)
+    return find_service(service_id, state.cds_services)
 
 
 @router.post(

@@ -97,8 +97,6 @@ class Engine:
         self._artifact_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-artifacts")
         self._inflight: dict[str, asyncio.Task[Checked]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self.scored = 0
-        self.cache_hits = 0
 
     # ------------------------------------------------------------------ facts
     @property
@@ -165,7 +163,6 @@ class Engine:
         if not rescore:
             found = await self.stored(study_instance_uid)
             if found is not None:
-                self.cache_hits += 1
                 return Checked(found, cached=True)
         task = self._inflight.get(study_instance_uid)
         if task is None:
@@ -183,19 +180,10 @@ class Engine:
     def _done(self, study_instance_uid: str, _task: asyncio.Task[Checked]) -> None:
         self._inflight.pop(study_instance_uid, None)
 
-    def submit(
-        self, study_instance_uid: str, *, record: PatientRecord | None, source: str, rescore: bool = False
-    ) -> None:
-        """Score a study in the background (ingest); failures are logged, never raised."""
-
-        async def run() -> None:
-            try:
-                await self.check_study(study_instance_uid, record=record, source=source, rescore=rescore)
-            except Exception as exc:  # an ingest failure must not stop the service
-                logger.warning("ingest of a study failed (%s)", type(exc).__name__)
-                logger.debug("ingest of study %s failed: %s", study_instance_uid, _reason(exc))
-
-        task = asyncio.create_task(run())
+    def spawn(self, work: Awaitable[Any], what: str) -> None:
+        """Run ``work`` in the background (ingest, write-back): awaited by `drain`; a failure is
+        logged by type (its message, which may name a UID, at debug level), never raised."""
+        task = asyncio.create_task(_quietly(work, what))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -276,11 +264,8 @@ class Engine:
         )
         if result.flagged:  # a case for the investigators' queue, ranked by what it would cost
             await asyncio.to_thread(self.cases.open_case_for, stored, cost_weight=cost_weight(case).weight)
-        self.scored += 1
         logger.debug("scored study %s as result %s", case.study_instance_uid, stored.id)
-        task = asyncio.create_task(self._after(stored, case, prediction))  # off the caller's path
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.spawn(self._after(stored, case, prediction), "the heatmap and write-back")  # after the answer
         return Checked(stored, cached=False)
 
     async def _after(self, stored: StoredResult, case: Case, prediction: Prediction) -> None:
@@ -288,7 +273,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._artifact_thread, self._write_heatmap, case, prediction, stored.id)
         if self.after_score is not None:
-            await _quietly(self.after_score(stored, case, prediction), stored.id)
+            await self.after_score(stored, case, prediction)
 
     def _score_one(self, case: Case) -> tuple[CrossCheckResult, Prediction]:
         ((result, prediction),) = self.scorer.explain_many([case], batch_size=1)
@@ -312,12 +297,12 @@ class Engine:
             logger.warning("no heatmap for result %s (%s)", result_id, type(exc).__name__)
 
 
-async def _quietly(work: Awaitable[None], result_id: str) -> None:
+async def _quietly(work: Awaitable[Any], what: str) -> None:
     try:
         await work
-    except Exception as exc:  # write-back must never fail the caller
-        logger.warning("write-back failed (%s)", type(exc).__name__)
-        logger.debug("write-back of result %s failed: %s", result_id, _reason(exc))
+    except Exception as exc:  # background work must never fail a caller or stop the service
+        logger.warning("%s failed (%s)", what, type(exc).__name__)
+        logger.debug("%s failed: %s", what, _reason(exc))
 
 
 def _reason(exc: BaseException) -> str:

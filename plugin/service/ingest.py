@@ -78,17 +78,17 @@ async def record_for_study(state: ServiceState, study_instance_uid: str) -> Pati
 
 
 def _submit(state: ServiceState, study_instance_uid: str, source: str) -> None:
+    """Score an arriving study in the background, with its patient's record when there is one."""
+
     async def run() -> None:
         try:
             record = await record_for_study(state, study_instance_uid)
         except Exception as exc:  # the record is a bonus: score on the image alone
             logger.warning("no record for an ingested study (%s)", type(exc).__name__)
             record = None
-        state.engine.submit(study_instance_uid, record=record, source=source, rescore=True)
+        await state.engine.check_study(study_instance_uid, record=record, source=source, rescore=True)
 
-    task = asyncio.create_task(run())
-    state.extras.setdefault("ingest_tasks", set()).add(task)
-    task.add_done_callback(state.extras["ingest_tasks"].discard)
+    state.engine.spawn(run(), "ingest of a study")
 
 
 # ------------------------------------------------------------------------------------ STOW-RS
@@ -319,7 +319,6 @@ async def start_ingest(state: ServiceState) -> Callable[[], Awaitable[None]]:
         position_file=state.engine.data_dir / "orthanc-changes.position",
         poll_s=state.settings.ingest_poll_s,
     )
-    state.extras["orthanc_feed"] = feed
     task = asyncio.create_task(feed.run())
 
     async def stop() -> None:

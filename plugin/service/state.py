@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import Request
 
+from plugin.cds.auth import CdsTokenVerifier
+from plugin.cds.services import SERVICES, CdsService
 from plugin.servers import ServerSettings
 from plugin.service.auth import ApiAuth
 from plugin.service.engine import Engine
@@ -35,7 +37,10 @@ class ServiceState:
     store: Store
     api_auth: ApiAuth
     metrics: ServiceMetrics
-    extras: dict[str, Any] = field(default_factory=dict)  # per-area parts (CDS verifier, ingest ...)
+    cds_services: Mapping[str, CdsService] = field(default_factory=lambda: dict(SERVICES))
+    cds_verifier: CdsTokenVerifier | None = None  # None: --insecure-no-auth, CDS calls are anonymous
+    #: parts an area makes on first use (the review page's)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def public_base(self, request: Request) -> str:
         """The URL clients reach the service at: the configured one, else the request's own."""
