@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +33,24 @@ def add_users(data_dir: Path) -> None:
         users = Users(store, params=ScryptParams(n=2**10))
         users.create_user(USER, PASSWORD, display_name="Alice")
         users.create_user(OTHER, PASSWORD + "!")
+
+
+def browser_api() -> Any:
+    """Playwright's sync API, with Debian's Chromium present. Missing, the test is skipped on a
+    developer's machine but fails in CI, where scripts/test.sh installs both."""
+    problem = None
+    if shutil.which("chromium") is None:
+        problem = "Debian's chromium is not installed (scripts/test.sh installs it)"
+    else:
+        try:
+            import playwright.sync_api as sync_api
+        except ImportError:
+            problem = "playwright is not installed (the test extra has it)"
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return sync_api
 
 
 def csrf_of(html: str) -> str:

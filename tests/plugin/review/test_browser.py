@@ -13,20 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.plugin.review.conftest import PASSWORD, USER, Flagged
+from tests.plugin.review.conftest import PASSWORD, USER, Flagged, browser_api
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    if not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    with sync_api.sync_playwright() as pw:
+    with browser_api().sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             context = browser.new_context(viewport={"width": 1200, "height": 1000})

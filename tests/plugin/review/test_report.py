@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from PIL import Image
 from plugin.cli import main
 from plugin.review import report
 from plugin.store import Actor, ActorKind, AuditAction, CaseQueue, Store
-from tests.plugin.review.conftest import USER, Flagged
+from tests.plugin.review.conftest import USER, Flagged, browser_api
 
 COMMENT = "pixels look generated; asked the site for the original acquisition"
 
@@ -64,9 +63,7 @@ def test_html_report_is_self_contained_and_complete(flagged: Flagged, tmp_path: 
 
 @pytest.mark.slow
 def test_pdf_report(flagged: Flagged, tmp_path: Path) -> None:
-    if shutil.which("chromium") is None:
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    browser_api()
     out = tmp_path / "report.pdf"
     code = main(["report", str(flagged.case_id), "--out", str(out), "--data-dir", str(flagged.data_dir)])
     assert code == 0
