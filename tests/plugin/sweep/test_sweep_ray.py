@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,12 @@ import pytest
 from plugin.store import Store
 from plugin.sweep import run_sweep, units_from_folder
 
-pytest.importorskip("ray")
+try:
+    import ray  # noqa: F401  (the test extra installs it)
+except ImportError:  # a developer's machine without it skips; CI, which installs it, fails
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("ray is not installed (pip install '.[ray]')", allow_module_level=True)
 
 
 @pytest.mark.slow
