@@ -10,6 +10,7 @@ the threshold by any critical finding). ``flagged = overall >= threshold``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +23,13 @@ from numpy.typing import NDArray
 
 from connectors.domain import Case, SiteProfile
 from fusion.calibrate import overall_score
+from fusion.checks import CheckContext, finding_order, run_checks
 from fusion.features import CaseFeatures
 from fusion.model.bundle import LoadedModel, default_bundle_path, load_bundle
 from fusion.model.factory import resolve_device
 from fusion.result import CaseRef, CrossCheckResult, Evidence, Finding, ModelInfo, Scores, Severity
 
-__all__ = ["Prediction", "Scorer"]
+__all__ = ["Prediction", "Scorer", "with_check_findings"]
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +168,6 @@ class Scorer:
         if not self._checks_enabled:
             return ()
         if self._run_checks is None:
-            try:  # fusion.checks is written alongside; score without it until it exists
-                from fusion.checks import run_checks
-                from fusion.checks.context import CheckContext
-            except ImportError:
-                log.warning("fusion.checks is not available: scoring with the model only")
-                self._checks_enabled = False
-                return ()
             context = CheckContext(site=self.site, hash_index=self.hash_index)
             self._run_checks = lambda c: tuple(run_checks(c, context))
         return self._run_checks(case)
@@ -224,6 +219,35 @@ class Scorer:
                 for ref, label, w in ranked[:TOP_CONTRIBUTIONS]
             ),
         )
+
+
+def with_check_findings(
+    result: CrossCheckResult, family: str, findings: Sequence[Finding]
+) -> CrossCheckResult:
+    """``result`` with the findings of one family of rule checks (``duplicate``) replaced by
+    ``findings``: placed where `fusion.checks.run_checks` puts them, the overall score and the
+    flag derived again as `Scorer.assemble` derives them; the model's own findings unchanged.
+
+    How a batch sweep gives a study it stored already the duplicate findings of an image it
+    met later."""
+    model = [f for f in result.findings if f.code.startswith("model.")]
+    rules = [f for f in result.findings if not f.code.startswith(("model.", f"{family}."))]
+    merged = sorted([*rules, *findings], key=finding_order)
+    if merged == [f for f in result.findings if not f.code.startswith("model.")]:
+        return result
+    all_findings = (*merged, *model)
+    scores = result.scores
+    p_inc = None if scores.consistency is None else 1.0 - scores.consistency
+    overall = overall_score(p_inc, scores.synthetic)
+    critical = any(f.severity is Severity.CRITICAL for f in all_findings)
+    if critical:
+        overall = max(overall, result.threshold)
+    return dataclasses.replace(
+        result,
+        findings=all_findings,
+        scores=dataclasses.replace(scores, overall=overall),
+        flagged=overall >= result.threshold or critical,
+    )
 
 
 def _ranked_contributions(feats: CaseFeatures, pred: Prediction) -> list[tuple[str | None, str, float]]:

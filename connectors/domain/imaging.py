@@ -11,7 +11,7 @@ means brighter, other modalities as stored values after the rescale.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -186,3 +186,31 @@ class Study:
         if not candidates:
             raise ValueError(f"study {self.study_instance_uid} has no series")
         return max(candidates, key=lambda s: (s.frame_count, -(s.series_number or 0)))
+
+    def decoding_once(self) -> Study:
+        """This study with instances that decode their pixels once and keep them (as read-only
+        arrays) as long as the returned study lives: for callers that look at the same frames
+        several times (the model's preprocessing, the pixel check and the perceptual hash of a
+        batch sweep). A decoding error is not kept: the next call tries again."""
+        return replace(
+            self,
+            series=tuple(
+                replace(s, instances=tuple(_decoding_once(i) for i in s.instances)) for s in self.series
+            ),
+        )
+
+
+def _decoding_once(instance: Instance) -> Instance:
+    loader = instance.loader
+    if loader is None:
+        return instance
+    kept: list[NDArray[np.float32]] = []
+
+    def load() -> NDArray[np.float32]:
+        if not kept:
+            pixels = loader()
+            pixels.flags.writeable = False  # shared by every caller: nobody may change it
+            kept.append(pixels)
+        return kept[0]
+
+    return replace(instance, loader=load)

@@ -33,6 +33,7 @@ __all__ = [
     "DuplicateMatch",
     "ImageFingerprint",
     "PerceptualHashIndex",
+    "finding_order",
     "run_checks",
 ]
 
@@ -67,6 +68,22 @@ CHECKS: Mapping[str, Check] = MappingProxyType(
     }
 )
 """Every check by name, in the order ``run_checks`` runs them."""
+
+# A finding's code starts with its check's family (``duplicate.other-patient`` comes from
+# ``duplicate.hash``), and each family's checks are neighbours in ``CHECKS``.
+_FAMILY_RANK = {name.split(".")[0]: i for i, name in reversed(list(enumerate(CHECKS)))}
+
+
+def finding_order(finding: Finding) -> tuple[int, int]:
+    """Sort key of ``run_checks``' order: most severe first, then by the order of the checks.
+
+    For merging findings of checks run apart (a batch sweep runs the duplicate check last,
+    over the whole sweep) into the order one ``run_checks`` call would give them."""
+    family = finding.code.split(".")[0]
+    if finding.code == "internal.check-failed":
+        check = next((str(e.value) for e in finding.evidence if e.reference == "check"), "")
+        family = check.split(".")[0]
+    return -finding.severity.rank, _FAMILY_RANK.get(family, len(CHECKS))
 
 
 def run_checks(

@@ -119,15 +119,19 @@ class DuplicateMatch:
 
 def normalise_to_uint8(frame: NDArray[np.floating], modality: str) -> NDArray[np.uint8]:
     """Grey 8-bit version of one frame (see the module docstring for the windows)."""
-    arr = np.nan_to_num(np.asarray(frame, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    arr = np.asarray(frame, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     if modality.upper() == "CT":
         lo, hi = _CT_WINDOW
     else:
         lo, hi = (float(v) for v in np.percentile(arr, (1, 99)))
     if hi <= lo:
         hi = lo + 1.0
-    scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    return scaled.round().astype(np.uint8)
+    scaled = (arr - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    grey: NDArray[np.uint8] = np.rint(scaled).astype(np.uint8)
+    return grey
 
 
 def _texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
@@ -183,8 +187,17 @@ def fingerprint(study: Study) -> ImageFingerprint | None:
     )
 
 
+def _packed(h: imagehash.ImageHash) -> NDArray[np.uint8]:
+    packed: NDArray[np.uint8] = np.packbits(np.asarray(h.hash, dtype=bool).ravel())
+    return packed
+
+
+_BITS_SET = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)  # popcount of a byte
+
+
 class PerceptualHashIndex:
-    """Perceptual hashes of studies already seen, by patient (a linear scan: fine to ~10^5 studies).
+    """Perceptual hashes of studies already seen, by patient: a scan of packed bit arrays (numpy),
+    fine to ~10^5 studies; a study indexed again under the same patient replaces its entry.
 
     ``patient_key`` is whatever identifies a patient for the caller (the FHIR
     Patient id, say); it is stored, never logged.
@@ -206,10 +219,14 @@ class PerceptualHashIndex:
             )
         self.max_phash_distance = max_phash_distance
         self.max_dhash_distance = max_dhash_distance
-        self._entries: list[tuple[str, ImageFingerprint]] = []
+        self._rows: list[tuple[str, ImageFingerprint]] = []  # in the order they were indexed
+        self._row_of: dict[tuple[str, str], int] = {}  # (patient key, StudyInstanceUID) -> live row
+        self._phash = np.zeros((0, _PHASH_SIZE**2 // 8), np.uint8)
+        self._dhash = np.zeros((0, 8), np.uint8)
+        self._live = np.zeros(0, bool)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._row_of)
 
     def add(self, study: Study, patient_key: str) -> bool:
         """Index a study under a patient; ``False`` when it has no pixels to hash."""
@@ -220,12 +237,18 @@ class PerceptualHashIndex:
         return True
 
     def add_fingerprint(self, fp: ImageFingerprint, patient_key: str) -> None:
-        self._entries = [
-            e
-            for e in self._entries
-            if not (e[0] == patient_key and e[1].study_instance_uid == fp.study_instance_uid)
-        ]
-        self._entries.append((patient_key, fp))
+        key = (patient_key, fp.study_instance_uid)
+        if key in self._row_of:
+            self._live[self._row_of[key]] = False
+        row = len(self._rows)
+        if row == len(self._live):  # grow by doubling
+            size = max(64, 2 * row)
+            self._phash = np.resize(self._phash, (size, self._phash.shape[1]))
+            self._dhash = np.resize(self._dhash, (size, self._dhash.shape[1]))
+            self._live = np.concatenate([self._live, np.zeros(size - row, bool)])
+        self._phash[row], self._dhash[row], self._live[row] = _packed(fp.phash), _packed(fp.dhash), True
+        self._rows.append((patient_key, fp))
+        self._row_of[key] = row
 
     def query(self, study: Study, patient_key: str) -> tuple[DuplicateMatch, ...]:
         """Indexed studies whose image matches this study's, closest first (itself excluded)."""
@@ -233,14 +256,21 @@ class PerceptualHashIndex:
         return () if fp is None else self.query_fingerprint(fp, patient_key)
 
     def query_fingerprint(self, fp: ImageFingerprint, patient_key: str) -> tuple[DuplicateMatch, ...]:
+        n = len(self._rows)
+        phash_distance = _BITS_SET[self._phash[:n] ^ _packed(fp.phash)].sum(axis=1)
+        dhash_distance = _BITS_SET[self._dhash[:n] ^ _packed(fp.dhash)].sum(axis=1)
+        close = (
+            self._live[:n]
+            & (phash_distance <= self.max_phash_distance)
+            & (dhash_distance <= self.max_dhash_distance)
+        )
         matches = []
-        for key, other in self._entries:
+        for row in np.flatnonzero(close):
+            key, other = self._rows[row]
             same_patient = key == patient_key
             if same_patient and other.study_instance_uid == fp.study_instance_uid:
                 continue  # the study itself
-            dp, dd = fp.distance(other)
-            if dp > self.max_phash_distance or dd > self.max_dhash_distance:
-                continue
+            dp, dd = int(phash_distance[row]), int(dhash_distance[row])
             corr = fp.texture_correlation(other)
             if corr is not None and corr < self.min_texture_correlation:
                 continue  # same layout, different acquisition

@@ -94,7 +94,7 @@ def _stored_range(inst: Instance) -> tuple[float, float] | None:
     return min(a, b) - margin, max(a, b) + margin
 
 
-def _check_ct(arr: NDArray[np.float64], inst: Instance, ctx: CheckContext, out: _Collected) -> None:
+def _check_ct(arr: NDArray[np.float32], inst: Instance, ctx: CheckContext, out: _Collected) -> None:
     lo, hi = CT_HU_RANGE
     # Padding (outside the reconstruction circle) is one constant value, the minimum, set
     # apart from the rest; air clipped at -1024 HU is a plateau too, but continuous with
@@ -124,7 +124,7 @@ def _check_ct(arr: NDArray[np.float64], inst: Instance, ctx: CheckContext, out: 
 def _check_instance(series: Series, inst: Instance, ctx: CheckContext, out: _Collected) -> None:
     uid = inst.sop_instance_uid
     try:
-        arr = np.asarray(inst.pixels(), dtype=np.float64)
+        arr = np.asarray(inst.pixels(), dtype=np.float32)  # as decoded: no copy
     except Exception as exc:  # any decoder failure is a finding, not a crash
         logger.warning("pixel decoding failed (%s) for one instance", type(exc).__name__)
         out.add(

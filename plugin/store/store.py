@@ -250,12 +250,17 @@ class Store:
             return set(session.scalars(query))
 
     def save_sweep_results(
-        self, sweep_id: str, items: Sequence[tuple[CrossCheckResult, Mapping[str, str]]]
+        self,
+        sweep_id: str,
+        items: Sequence[tuple[CrossCheckResult, Mapping[str, str]]],
+        *,
+        amended: Sequence[tuple[str, CrossCheckResult]] = (),
     ) -> int:
-        """Store the results of swept inputs, each with its ``inputs`` (see :meth:`save_result`), all
-        in one transaction; how many were stored. An input whose result this model already has
-        (stored by a concurrent or earlier sweep) is skipped, never stored twice: the database's
-        primary key on (model sha256, input fingerprint) decides."""
+        """Store the results of swept inputs, each with its ``inputs`` (see :meth:`save_result`), and
+        write over the results ``amended`` names by id (a study stored before whose findings the
+        batch changed), all in one transaction; how many results were stored. An input whose
+        result this model already has (stored by a concurrent or earlier sweep) is skipped, never
+        stored twice: the database's primary key on (model sha256, input fingerprint) decides."""
         rows = []
         for result, inputs in items:
             if result.model is None or not inputs:
@@ -264,15 +269,45 @@ class Store:
         try:
             with self._transaction(write=True, integrity_errors=True) as session:
                 self._add_swept(session, sweep_id, rows)
+                self._amend(session, amended)
             return len(rows)
         except IntegrityError:
-            if len(rows) == 1:
+            if len(rows) == 1 and not amended:
                 logger.debug("input %s was stored already", rows[0].input_fingerprint)
                 return 0
         stored = 0  # one of the batch was stored already: the others one by one
         for result, inputs in items:
             stored += self.save_sweep_results(sweep_id, [(result, inputs)])
+        with self._transaction(write=True) as session:
+            self._amend(session, amended)
         return stored
+
+    def swept_result(self, model_sha256: str, fingerprint: str) -> StoredResult | None:
+        """The result a sweep stored with this model for the input with this fingerprint, or ``None``."""
+        query = (
+            sa.select(ResultRow)
+            .join(SweepResultRow, SweepResultRow.result_id == ResultRow.id)
+            .where(
+                SweepResultRow.model_sha256 == model_sha256, SweepResultRow.input_fingerprint == fingerprint
+            )
+        )
+        return self._first_result(query)
+
+    @staticmethod
+    def _amend(session: Session, amended: Sequence[tuple[str, CrossCheckResult]]) -> None:
+        for result_id, result in amended:
+            session.execute(
+                sa.update(ResultRow)
+                .where(ResultRow.id == result_id)
+                .values(
+                    score_overall=result.scores.overall,
+                    score_consistency=result.scores.consistency,
+                    score_synthetic=result.scores.synthetic,
+                    flagged=result.flagged,
+                    result_json=result.to_json(),
+                )
+            )
+            logger.debug("amended result %s", result_id)
 
     def swept_results(self, model_sha256: str, fingerprints: Sequence[str]) -> list[StoredResult]:
         """The results a sweep stored with this model for these input fingerprints (in no order)."""

@@ -24,7 +24,7 @@ from plugin.sweep.prepare import (
     init_reader,
     prepare_unit,
 )
-from plugin.sweep.scoring import Scored, SweepScorer
+from plugin.sweep.scoring import Amendment, Scored, SweepScorer
 from plugin.sweep.units import SweepUnit
 
 __all__ = ["LocalEngine"]
@@ -64,18 +64,20 @@ class LocalEngine:
         self._pool.join()
 
     def fingerprints(self, units: Sequence[SweepUnit]) -> Iterator[Fingerprinted]:
-        """Every unit's perceptual hashes, in no particular order."""
+        """The units' perceptual hashes (those a resumed sweep did before), in no particular order."""
         work = functools.partial(fingerprint_unit, strictness=self.config.strictness)
         yield from self._pool.imap_unordered(work, units, chunksize=4)
 
     def start(self, fingerprints: Sequence[Fingerprinted] | None) -> ModelInfo:
-        """Load the model (and the duplicate index); what the results will name as their model."""
+        """Load the model (and the duplicate index of the studies done before; ``None``: no
+        duplicate check); what the results will name as their model."""
         self._scorer = SweepScorer(self.model, self.device, fingerprints)
         logger.info("sweep model on %s", self._scorer.device())
         return self._scorer.model_info()
 
-    def results(self, units: Sequence[SweepUnit]) -> Iterator[list[Scored]]:
-        """Batches of results (or failures) as the readers deliver, at most ``batch_size`` each."""
+    def results(self, units: Sequence[SweepUnit]) -> Iterator[tuple[list[Scored], list[Amendment]]]:
+        """Batches of results (or failures) as the readers deliver, at most ``batch_size`` each, in
+        the order they were scored, each with the amendments of earlier studies it brings."""
         if self._scorer is None:
             raise RuntimeError("call start() first")
         work = functools.partial(prepare_unit, config=self.config)

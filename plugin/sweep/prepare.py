@@ -1,9 +1,11 @@
 """The readers' side of a sweep: a `SweepUnit` in, what the model and the index need out.
 
 Run in worker processes (or Ray tasks): each reads its study's DICOM files and its patient's
-Bundle, links them, extracts the model's features (`fusion.model.factory.Preprocess`, the
-bundle's own preprocessing) and runs every rule-based check but the duplicate one, whose
-index spans the whole sweep and lives with the model (`plugin.sweep.scoring`).
+Bundle once, links them, extracts the model's features (`fusion.model.factory.Preprocess`,
+the bundle's own preprocessing), runs every rule-based check but the duplicate one, and
+computes the image's perceptual hashes; the duplicate index spans the whole sweep and lives
+with the model (`plugin.sweep.scoring`). The study's pixels are decoded once for all three
+(`connectors.domain.Study.decoding_once`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors import Strictness, link_cases, read_bundle, read_dicom
-from connectors.domain import Case, PatientRecord, SiteProfile
+from connectors.domain import Case, PatientRecord, SiteProfile, Study
 from fusion.checks import CHECKS, CheckContext, run_checks
 from fusion.checks.duplicates import ImageFingerprint, fingerprint
 from fusion.features import CaseFeatures
@@ -43,8 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: The rule check that needs every study of the sweep (`CHECKS` key).
 DUPLICATE_CHECK = "duplicate.hash"
-_BEFORE = {k: v for k, v in list(CHECKS.items())[: list(CHECKS).index(DUPLICATE_CHECK)]}
-_AFTER = {k: v for k, v in list(CHECKS.items())[list(CHECKS).index(DUPLICATE_CHECK) + 1 :]}
+_READER_CHECKS = {k: v for k, v in CHECKS.items() if k != DUPLICATE_CHECK}
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,17 @@ class ReaderConfig:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One study ready for the model: its features and its rule-based findings, those the checks
-    before the duplicate check give (``findings_before``) and after it (``findings_after``), each
-    most severe first."""
+    """One study ready for the model: its features, the findings of every rule-based check but
+    the duplicate one (most severe first, as `fusion.checks.run_checks` orders them), and its
+    image's perceptual hashes (``image``; None: no pixels, or undecodable)."""
 
     unit: SweepUnit
     ref: CaseRef
     features: CaseFeatures
-    findings_before: tuple[Finding, ...]
-    findings_after: tuple[Finding, ...]
+    findings: tuple[Finding, ...]
     feature_ms: float
     checks_ms: float
+    image: ImageFingerprint | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -
     ]
     if not studies:
         raise FileNotFoundError(f"{unit.dicom}: study {unit.study_instance_uid} is no longer there")
-    return link_cases(studies[:1], records)[0]
+    return link_cases([studies[0].decoding_once()], records)[0]
 
 
 def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
@@ -129,15 +130,22 @@ def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
         features = config.preprocess(case)
         feature_ms = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        context = CheckContext(site=config.site)
-        before = run_checks(case, context, checks=_BEFORE)
-        after = run_checks(case, context, checks=_AFTER)
+        findings = run_checks(case, CheckContext(site=config.site), checks=_READER_CHECKS)
+        image = _fingerprint(unit, case.study)
         checks_ms = (time.perf_counter() - t) * 1000
     except Exception as exc:  # one unreadable study must not stop a sweep of thousands
         logger.debug("study %s could not be read: %s", unit.study_instance_uid, type(exc).__name__)
         return Failed(unit, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
-    return Prepared(unit, ref, features, before, after, feature_ms, checks_ms)
+    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image)
+
+
+def _fingerprint(unit: SweepUnit, study: Study) -> ImageFingerprint | None:
+    try:
+        return fingerprint(study)
+    except Exception as exc:  # undecodable pixels: the pixel check reports them
+        logger.debug("study %s not indexed: %s", unit.study_instance_uid, type(exc).__name__)
+        return None
 
 
 def prepare_many(units: list[SweepUnit], config: ReaderConfig) -> list[Prepared | Failed]:
@@ -148,7 +156,8 @@ def prepare_many(units: list[SweepUnit], config: ReaderConfig) -> list[Prepared 
 
 def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -> Fingerprinted:
     """The study's perceptual hashes for the duplicate index (``None``: no pixels, or unreadable),
-    under its patient id as `plugin.check.build_hash_index` keys them."""
+    under its patient id as `plugin.check.build_hash_index` keys them: for the studies a
+    resumed sweep did before, whose results are stored but whose hashes are not."""
     fp: ImageFingerprint | None = None
     try:
         studies = [
@@ -157,7 +166,7 @@ def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -
             if s.study_instance_uid == unit.study_instance_uid
         ]
         if studies:
-            fp = fingerprint(studies[0])
+            fp = _fingerprint(unit, studies[0])
     except Exception as exc:
         logger.debug("study %s not indexed: %s", unit.study_instance_uid, type(exc).__name__)
     return Fingerprinted(unit.fingerprint, unit.patient_id or "unknown", fp)

@@ -19,7 +19,7 @@ import plugin
 from fusion.result import ModelInfo
 from plugin.errors import UsageError
 from plugin.sweep.prepare import Fingerprinted, ReaderConfig, fingerprint_many, prepare_many
-from plugin.sweep.scoring import Scored, SweepScorer
+from plugin.sweep.scoring import Amendment, Scored, SweepScorer
 from plugin.sweep.units import SweepUnit
 
 __all__ = ["RayEngine"]
@@ -108,7 +108,9 @@ class RayEngine:
         info: ModelInfo = self.ray.get(self._actor.model_info.remote())
         return info
 
-    def results(self, units: Sequence[SweepUnit]) -> Iterator[list[Scored]]:
+    def results(self, units: Sequence[SweepUnit]) -> Iterator[tuple[list[Scored], list[Amendment]]]:
+        """As `LocalEngine.results`: batches in the order the actor scored them (an `Amendment`
+        names a study of an earlier batch, which the driver must have stored first)."""
         if self._actor is None:
             raise RuntimeError("call start() first")
         ray = self.ray
@@ -121,11 +123,11 @@ class RayEngine:
         while chunks or reading or scoring:
             while chunks and len(reading) + len(scoring) < limit:
                 reading.append(task.remote(chunks.pop(0), config))
-            ready, _ = ray.wait(reading + scoring, num_returns=1)
+            ready, _ = ray.wait(reading + scoring[:1], num_returns=1)
             ref = ready[0]
             if ref in reading:
                 reading.remove(ref)
                 scoring.append(self._actor.score_items.remote(ref))
-            else:
-                scoring.remove(ref)
+            else:  # the oldest call: an actor runs its calls in the order they were made
+                scoring.pop(0)
                 yield ray.get(ref)

@@ -2,10 +2,13 @@
 
 1. the units (`plugin.sweep.units`), and those whose result this model already stored
    (`Store.swept_fingerprints`): skipped;
-2. the duplicate index: every study's perceptual hashes, done ones included, computed by
-   the readers (the same index ``crosscheck check`` builds over a folder);
-3. the rest read, checked and scored (`LocalEngine`, or `RayEngine` with ``ray``), each
-   batch's results stored in one transaction with their inputs and the sweep id.
+2. the duplicate index of the studies done before: their perceptual hashes, computed by
+   the readers (a sweep run through in one go reads each study once);
+3. the rest read, checked, hashed and scored (`LocalEngine`, or `RayEngine` with ``ray``),
+   each batch's results stored in one transaction with their inputs and the sweep id, and
+   with the amended duplicate findings of earlier studies whose image a study of the batch
+   repeats (`plugin.sweep.scoring`). At the end every study carries the duplicate findings
+   of the whole sweep, the index ``crosscheck check`` builds over the same folder.
 
 Killed at any point (even by ``kill -9``), a sweep loses at most the batch in flight, which
 its next run scores again; the database's primary key on (model sha256, input
@@ -14,6 +17,7 @@ fingerprint) keeps a study from being stored twice, also by two sweeps running a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,10 +29,12 @@ from tqdm import tqdm
 
 from connectors.domain import SiteProfile
 from fusion.model.bundle import default_bundle_path, load_bundle
-from fusion.result import CrossCheckResult, ModelInfo
-from plugin.store import CaseQueue, Store
+from fusion.result import ModelInfo
+from fusion.scorer import with_check_findings
+from plugin.store import CaseQueue, Store, StoredResult
 from plugin.sweep.local import LocalEngine
 from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig
+from plugin.sweep.scoring import DUPLICATE_FAMILY, Amendment
 from plugin.sweep.units import SweepUnit
 
 if TYPE_CHECKING:
@@ -97,13 +103,14 @@ def run_sweep(
     with engine:
         fingerprints: list[Fingerprinted] | None = None
         if duplicates:
+            before = [u for u in units if u.fingerprint in done]
             fingerprints = list(
                 tqdm(
-                    engine.fingerprints(units),
-                    total=len(units),
-                    desc="indexing",
+                    engine.fingerprints(before),
+                    total=len(before),
+                    desc="indexing the studies done before",
                     unit="study",
-                    disable=not progress,
+                    disable=not progress or not before,
                 )
             )
         engine_info = engine.start(fingerprints)
@@ -113,12 +120,15 @@ def run_sweep(
             )
         sweep_id = store.start_sweep(model=info, description=description, studies=len(units))
         with tqdm(total=len(todo), desc="sweep", unit="study", disable=not progress) as bar:
-            for batch in engine.results(todo):
+            for batch, amendments in engine.results(todo):
                 items = [(b[1], b[0].inputs) for b in batch if not isinstance(b, Failed)]
                 failures += [(b.unit.study_instance_uid, b.reason) for b in batch if isinstance(b, Failed)]
-                if items:
-                    stored += store.save_sweep_results(sweep_id, items)
-                    _open_cases(store, [(r, inputs) for r, inputs in items if r.flagged], info.sha256)
+                amended = _amended(store, amendments, info.sha256)
+                if items or amended:
+                    changes = [(r.id, r.result) for r in amended]
+                    stored += store.save_sweep_results(sweep_id, items, amended=changes)
+                    flagged = [r.inputs for r in amended if r.result.flagged]
+                    _open_cases(store, [*(inputs for r, inputs in items if r.flagged), *flagged], info.sha256)
                 bar.update(len(batch))
         store.finish_sweep(sweep_id)
     for uid, reason in failures:
@@ -137,13 +147,29 @@ def run_sweep(
     )
 
 
-def _open_cases(store: Store, flagged: list[tuple[CrossCheckResult, Mapping[str, str]]], sha256: str) -> None:
-    """A case in the investigators' queue for each flagged result (idempotent: one per study).
+def _amended(store: Store, amendments: Sequence[Amendment], sha256: str) -> list[StoredResult]:
+    """The stored results the amendments change, changed (ids kept); those they leave as they are
+    are left out."""
+    changed = []
+    for amendment in amendments:
+        stored = store.swept_result(sha256, amendment.unit_fingerprint)
+        if stored is None:  # pragma: no cover - an amendment names a study stored before it
+            logger.debug("no stored result to amend for study %s", amendment.study_instance_uid)
+            continue
+        result = with_check_findings(stored.result, DUPLICATE_FAMILY, amendment.findings)
+        if result != stored.result:
+            changed.append(dataclasses.replace(stored, result=result))
+    return changed
+
+
+def _open_cases(store: Store, flagged: Sequence[Mapping[str, str]], sha256: str) -> None:
+    """A case in the investigators' queue for each flagged result, by its inputs (idempotent: one
+    per study).
 
     The sweep's results come back without their study, so the case is weighted by the
     queue's default; the review page can re-weight it from the record."""
     queue = CaseQueue(store)
-    for _, inputs in flagged:
+    for inputs in flagged:
         stored = store.result_for_inputs(inputs, sha256)
         if stored is not None:
             queue.open_case_for(stored)

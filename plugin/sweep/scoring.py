@@ -1,36 +1,67 @@
 """The model's side of a sweep: batches of `Prepared` studies in, `CrossCheckResult` out.
 
 `SweepScorer` holds the model bundle (on CUDA when there is one) and the perceptual-hash
-index of every study of the sweep; it runs the model on a whole batch at once
+index of the sweep; it runs the model on a whole batch at once
 (`fusion.scorer.Scorer.predict`), adds the duplicate check's findings, and assembles each
 result exactly as `Scorer.score_many` does. The local sweep runs it in the main process; a
 Ray sweep runs it as an actor.
+
+The index grows as the batches come (the readers hash each image in the same read as its
+features), starting from the studies a resumed sweep did before. A study is checked
+against every study indexed so far, its own batch included; when a later study's image
+matches one scored in an earlier batch, that one's duplicate findings have changed: the
+scorer says so with an `Amendment`, which the sweep writes in the same transaction as the
+batch that found it. Once the sweep ends, every study carries the duplicate findings of
+the whole sweep, as ``crosscheck check`` gives them over the same folder.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from fusion.checks.duplicates import PerceptualHashIndex, duplicate_findings
+from fusion.checks import finding_order
+from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, duplicate_findings
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import CrossCheckResult, Finding, ModelInfo
 from fusion.scorer import Scorer
 from plugin.sweep.prepare import Failed, Fingerprinted, Prepared
 from plugin.sweep.units import SweepUnit
 
-__all__ = ["Scored", "SweepScorer"]
+__all__ = ["DUPLICATE_FAMILY", "Amendment", "Scored", "SweepScorer"]
 
 #: A study scored (its unit and result) or one that could not be read.
 Scored = tuple[SweepUnit, CrossCheckResult] | Failed
+
+#: The finding codes of the duplicate check start with it (`fusion.scorer.with_check_findings`).
+DUPLICATE_FAMILY = "duplicate"
+
+
+@dataclass(frozen=True)
+class Amendment:
+    """A study scored in an earlier batch (or an earlier run) whose duplicate findings are now
+    ``findings``: the input fingerprint of its unit says which stored result to amend."""
+
+    unit_fingerprint: str
+    study_instance_uid: str
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    unit_fingerprint: str
+    study_instance_uid: str
+    patient_id: str | None  # the id the study is checked under (None: no duplicate check)
+    image: ImageFingerprint
 
 
 class SweepScorer:
     """Scores batches of prepared studies with the bundle at ``model`` (default: the shipped one).
 
-    ``fingerprints`` are every study of the sweep (those done before included), for the
-    duplicate check; ``None`` turns that check off.
+    ``fingerprints`` are the studies of the sweep scored before (a resumed sweep's finished
+    work), for the duplicate check; ``None`` turns that check off.
     """
 
     def __init__(
@@ -41,13 +72,12 @@ class SweepScorer:
     ) -> None:
         self.scorer = Scorer(load_bundle(model or default_bundle_path(), device=device), checks=False)
         self.index: PerceptualHashIndex | None = None
-        self._fingerprints: dict[str, Fingerprinted] = {}
+        self._indexed: dict[tuple[str, str], _Indexed] = {}  # by (patient key, StudyInstanceUID)
         if fingerprints is not None:
             self.index = PerceptualHashIndex()
             for f in fingerprints:
-                self._fingerprints[f.unit_fingerprint] = f
                 if f.fingerprint is not None:
-                    self.index.add_fingerprint(f.fingerprint, f.patient_key)
+                    self._add(f.unit_fingerprint, f.patient_key, f.patient_key, f.fingerprint)
 
     def model_info(self) -> ModelInfo:
         """The model the results name (a method: a Ray actor has no remote properties)."""
@@ -56,37 +86,76 @@ class SweepScorer:
     def device(self) -> str:
         return str(self.scorer.bundle.device)
 
-    def score(self, batch: Sequence[Prepared]) -> list[CrossCheckResult]:
-        """One model forward for the whole batch; results in the batch's order."""
+    def score(self, batch: Sequence[Prepared]) -> tuple[list[CrossCheckResult], list[Amendment]]:
+        """One model forward for the whole batch; results in the batch's order, and the studies of
+        earlier batches whose duplicate findings the batch changed."""
         if not batch:
-            return []
+            return [], []
+        duplicates, amendments = self._index_batch(batch)
         t = time.perf_counter()
         predictions = self.scorer.predict([p.features for p in batch])
         model_ms = (time.perf_counter() - t) * 1000 / len(batch)
         results = []
         for p, prediction in zip(batch, predictions, strict=True):
             t = time.perf_counter()
-            findings = self._findings(p)
+            found = [*p.findings, *duplicates.get(p.unit.fingerprint, ())]
+            findings = tuple(sorted(found, key=finding_order))
             timings = {
                 "features": p.feature_ms,
                 "model": model_ms,
                 "checks": p.checks_ms + (time.perf_counter() - t) * 1000,
             }
             results.append(self.scorer.assemble(p.ref, p.features, prediction, findings, timings))
-        return results
+        return results, amendments
 
-    def score_items(self, items: Sequence[Prepared | Failed]) -> list[Scored]:
+    def score_items(self, items: Sequence[Prepared | Failed]) -> tuple[list[Scored], list[Amendment]]:
         """`score` for what the readers returned: failures pass through, in place."""
         prepared = [i for i in items if isinstance(i, Prepared)]
-        results = iter(self.score(prepared))
-        return [i if isinstance(i, Failed) else (i.unit, next(results)) for i in items]
+        scored, amendments = self.score(prepared)
+        results = iter(scored)
+        return [i if isinstance(i, Failed) else (i.unit, next(results)) for i in items], amendments
 
-    def _findings(self, p: Prepared) -> tuple[Finding, ...]:
-        """The checks' findings in `fusion.checks.run_checks` order: by severity, then check order."""
-        duplicates: list[Finding] = []
-        entry = self._fingerprints.get(p.unit.fingerprint)
-        if self.index is not None and p.ref.patient_id is not None and entry and entry.fingerprint:
-            matches = self.index.query_fingerprint(entry.fingerprint, p.ref.patient_id)
-            duplicates = duplicate_findings(p.ref.study_instance_uid, matches)
-        found = [*p.findings_before, *duplicates, *p.findings_after]
-        return tuple(sorted(found, key=lambda f: -f.severity.rank))
+    def _add(
+        self, unit_fingerprint: str, patient_key: str, patient_id: str | None, image: ImageFingerprint
+    ) -> None:
+        assert self.index is not None
+        self.index.add_fingerprint(image, patient_key)
+        key = (patient_key, image.study_instance_uid)
+        self._indexed[key] = _Indexed(unit_fingerprint, image.study_instance_uid, patient_id, image)
+
+    def _index_batch(self, batch: Sequence[Prepared]) -> tuple[dict[str, list[Finding]], list[Amendment]]:
+        """Add the batch's images to the index; the duplicate findings of the batch's studies (by
+        input fingerprint), and the earlier studies they match, amended."""
+        if self.index is None:
+            return {}, []
+        ours = {p.unit.fingerprint for p in batch}
+        for p in batch:
+            if p.image is not None:
+                self._add(p.unit.fingerprint, p.unit.patient_id or "unknown", p.ref.patient_id, p.image)
+        duplicates: dict[str, list[Finding]] = {}
+        touched: dict[str, _Indexed] = {}
+        for p in batch:
+            if p.image is None or p.ref.patient_id is None:
+                continue
+            matches = self.index.query_fingerprint(p.image, p.ref.patient_id)
+            duplicates[p.unit.fingerprint] = duplicate_findings(p.ref.study_instance_uid, matches)
+            for match in matches:
+                earlier = self._indexed.get((match.patient_key, match.study_instance_uid))
+                if earlier is not None and earlier.unit_fingerprint not in ours:
+                    touched[earlier.unit_fingerprint] = earlier
+        amendments = [
+            Amendment(
+                e.unit_fingerprint,
+                e.study_instance_uid,
+                self._duplicates(e.study_instance_uid, e.patient_id, e.image),
+            )
+            for _, e in sorted(touched.items())
+        ]
+        return duplicates, amendments
+
+    def _duplicates(
+        self, study_instance_uid: str, patient_id: str | None, image: ImageFingerprint
+    ) -> tuple[Finding, ...]:
+        if self.index is None or patient_id is None:
+            return ()
+        return tuple(duplicate_findings(study_instance_uid, self.index.query_fingerprint(image, patient_id)))

@@ -346,3 +346,18 @@ def test_sorting_timezone_laterality_and_patient_conflicts(tmp_path: Path) -> No
     assert main.study_datetime == datetime(2020, 1, 1, 10, 0, tzinfo=UTC)
     other = next(s for s in studies if s.patient.patient_id == "PID-2")
     assert other.patient.birth_date == date(1970, 1, 2) and other.study_datetime is None
+
+
+def test_a_study_decoding_once_reads_each_file_once(tmp_path: Path) -> None:
+    path = tmp_path / "mr.dcm"
+    shutil.copy(data_file("MR_small.dcm"), path)
+    (study,) = read_dicom(path)
+    once = study.decoding_once()
+    first = once.instances[0].pixels()
+    np.testing.assert_array_equal(first, study.instances[0].pixels())
+    path.unlink()  # decoded already: the file is not read again
+    assert once.instances[0].pixels() is first
+    with pytest.raises(ValueError):
+        first[0, 0] = 0  # shared by every caller: read-only
+    with pytest.raises(InvalidDicomInput):
+        study.decoding_once().instances[0].pixels()  # an error is not kept: each call tries

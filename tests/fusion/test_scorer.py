@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ import torch
 
 import fusion.scorer as scorer_module
 from fusion.calibrate import Calibration
+from fusion.checks import finding_order, run_checks
 from fusion.errors import ModelBundleError
 from fusion.model import LoadedModel, create_model, load_bundle, save_bundle
-from fusion.result import CrossCheckResult, Severity, load_schema
-from fusion.scorer import Scorer
+from fusion.result import CrossCheckResult, Evidence, Finding, Severity, load_schema
+from fusion.scorer import Scorer, with_check_findings
 
 
 def _load_model_cases() -> ModuleType:
@@ -127,3 +129,32 @@ def test_missing_default_bundle_says_to_train(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(scorer_module, "default_bundle_path", lambda: tmp_path / "absent")
     with pytest.raises(ModelBundleError, match="run `crosscheck train`"):
         Scorer()
+
+
+def test_check_findings_replaced_where_run_checks_puts_them(tmp_path: Path) -> None:
+    result = Scorer(_bundle(tmp_path, threshold=0.99), checks=True).score(mc.make_case(7, size=40))
+    assert not result.flagged
+    duplicate = Finding(
+        "duplicate.other-patient",
+        Severity.CRITICAL,
+        "The image is the same as 1 image(s) filed under another patient.",
+        (Evidence("dicom", "StudyInstanceUID", "1.2.3"),),
+    )
+    record = Finding("record.resources-skipped", Severity.WARNING, "A resource did not validate.", ())
+    assert not any(f.code.startswith("model.") for f in result.findings)
+    base = dataclasses.replace(result, findings=tuple(sorted([*result.findings, record], key=finding_order)))
+    amended = with_check_findings(base, "duplicate", [duplicate])
+    assert amended.flagged and amended.scores.overall >= amended.threshold
+    codes = [f.code for f in amended.findings]
+    assert codes.index("duplicate.other-patient") < codes.index("record.resources-skipped")
+    assert sorted(amended.findings, key=finding_order) == list(amended.findings)
+    assert with_check_findings(amended, "duplicate", [duplicate]) is amended  # nothing to change
+    cleared = with_check_findings(amended, "duplicate", [])
+    assert [f.code for f in cleared.findings] == [f.code for f in base.findings]
+    assert cleared.scores.overall == pytest.approx(base.scores.overall)
+
+
+def test_finding_order_is_the_order_of_run_checks() -> None:
+    case = mc.make_case(8, size=40)
+    findings = run_checks(case)
+    assert list(findings) == sorted(findings, key=finding_order)
