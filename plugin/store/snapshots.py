@@ -214,8 +214,8 @@ class Timeline:
     its order's or report's date); ``has_record`` is False when the study was scored without a
     record (then there are no entries). ``sex`` is the Patient's administrative gender and
     ``age_years`` the age at the study; ``deceased`` the Patient's ``deceasedDateTime``.
-    ``entries`` are in date order (undated ones last); ``window_days`` and ``omitted`` say what
-    was left out."""
+    ``entries`` are kept in date order (undated ones last); ``window_days`` and ``omitted`` say
+    what was left out."""
 
     study_instance_uid: str
     patient_id: str | None
@@ -230,6 +230,7 @@ class Timeline:
     schema: str = field(default=TIMELINE_SCHEMA)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(sorted(self.entries, key=_order)))
         if self.schema != TIMELINE_SCHEMA:
             raise ValueError(
                 f"a timeline of schema {self.schema!r} cannot be read here (this version reads "
@@ -297,7 +298,7 @@ class Timeline:
             study_instance_uid=study_instance_uid,
             patient_id=patient.id,
             study_date=study_date,
-            entries=tuple(sorted(kept, key=_order)),
+            entries=tuple(kept),
             sex=patient.gender,
             age_years=age,
             deceased=patient.deceased,
