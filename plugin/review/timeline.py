@@ -50,10 +50,17 @@ _MAX_TICKS = 7
 
 @dataclass(frozen=True)
 class Tick:
-    """A date on the time axis: its ``x`` and its label."""
+    """A date on the time axis: its ``x``, its label, and how the label is anchored (SVG
+    ``text-anchor``: ``end`` near the right edge, ``start`` near the left, else ``middle``)."""
 
     x: float
     label: str
+
+    @property
+    def anchor(self) -> str:
+        if self.x > CHART_WIDTH - 22:
+            return "end"
+        return "start" if self.x < 22 else "middle"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 from fusion.result import CaseRef, CrossCheckResult, Evidence, Finding, Scores, Severity
 from plugin.review.casefile import NO_SNAPSHOT
 from plugin.review.routes import templates
-from plugin.review.timeline import CHART_HEIGHT, CHART_WIDTH, TimelineView, relative_days, timeline_view
+from plugin.review.timeline import CHART_HEIGHT, CHART_WIDTH, Tick, TimelineView, relative_days, timeline_view
 from plugin.store import Timeline, TimelineEntry
 
 UID = "1.2.826.0.1.3680043.8.498.5"
@@ -120,6 +120,12 @@ def test_every_chart_shares_the_time_axis_and_the_study_line() -> None:
     assert hr.dots[0].x < view.axis.study_x
     assert hr.dots[0].x == view.axis.x(_at(-1))
     assert view.axis.ticks and all(0 <= t.x <= CHART_WIDTH for t in view.axis.ticks)
+    edge, inside, start = (
+        Tick(CHART_WIDTH - 4, "2024-06"),
+        Tick(CHART_WIDTH / 2, "2024-05"),
+        Tick(3, "2024-04"),
+    )
+    assert (edge.anchor, inside.anchor, start.anchor) == ("end", "middle", "start")  # labels stay inside
 
 
 def test_changing_ranges_give_a_band_per_value() -> None:

@@ -4,6 +4,7 @@ every kind of entry with its FHIR reference, the window and the cap, and the JSO
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -195,6 +196,11 @@ def test_json_round_trip_through_text() -> None:
     assert (
         Timeline.from_json(json.loads(json.dumps(naive.to_json()))) == naive
     )  # DICOM's naive dates stay naive
+
+
+def test_it_pickles_for_a_sweeps_reader_processes() -> None:
+    t = _timeline()
+    assert pickle.loads(pickle.dumps(t)) == t
 
 
 def test_json_of_another_schema_or_malformed_is_refused() -> None:
