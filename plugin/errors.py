@@ -12,6 +12,8 @@
      |    +-- SchemaOutOfDate      older than this code, and opened without migrating
      |    +-- ResultNotFound       a result id that is not stored (404)
      |    +-- DuplicateCard        a Card uuid recorded already (or twice in one call)
+     |    +-- DuplicateSnapshot    a result's record snapshot kept already (it is never replaced)
+     |    +-- SnapshotUnreadable   a stored record snapshot this version cannot read
      |    +-- CaseNotFound         a case id that is not stored (404)
      |    +-- StaleCase            a case changed since the caller read it (409: .current_version)
      |    +-- CaseChangeRefused    a change the case queue's rules do not allow (422)
@@ -57,6 +59,7 @@ __all__ = [
     "CdsJwksUnavailable",
     "CdsRequestInvalid",
     "DuplicateCard",
+    "DuplicateSnapshot",
     "DuplicateUser",
     "FieldProblem",
     "InvalidWriteBack",
@@ -70,6 +73,7 @@ __all__ = [
     "ResultNotFound",
     "SchemaOutOfDate",
     "SchemaTooNew",
+    "SnapshotUnreadable",
     "StaleCase",
     "StoreError",
     "StoreUnavailable",
@@ -161,6 +165,15 @@ class ResultNotFound(StoreError):
 
 class DuplicateCard(StoreError):
     """A Card whose ``uuid`` the store holds already: a Card is recorded once, when it is issued."""
+
+
+class DuplicateSnapshot(StoreError):
+    """A record snapshot for a result that has one already: a snapshot is kept once, with its
+    result, and never replaced (it is the record as it was when the result was scored)."""
+
+
+class SnapshotUnreadable(StoreError):
+    """A stored record snapshot whose JSON this version cannot read (a newer schema, or damaged)."""
 
 
 class CaseNotFound(StoreError):

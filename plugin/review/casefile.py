@@ -1,10 +1,10 @@
 """Everything the case page and the case report show about one case, gathered in one place.
 
 A :class:`CaseFile` holds the case, the result it stands for, its history, the study's image
-series (as kept by the service), the heatmap and where it lies, and the similar images the
-perceptual-hash index knows of. The record timeline is not kept by the service yet: the page
-shows the record items the model weighed (the result's ``contributions``) and the findings'
-FHIR evidence instead, and says so.
+series (as kept by the service), the heatmap and where it lies, the similar images the
+perceptual-hash index knows of, and the record timeline: drawn from the record snapshot stored
+with the result (`plugin.store.Timeline`, the record as it was when the study was scored;
+`plugin.review.timeline`), or ``timeline_note`` saying why there is none.
 """
 
 from __future__ import annotations
@@ -18,12 +18,28 @@ from typing import Any
 from fusion.checks.duplicates import PerceptualHashIndex
 from fusion.explain import summary
 from fusion.result import CrossCheckResult
+from plugin.errors import SnapshotUnreadable
 from plugin.review.imaging import WINDOW_PRESETS, StudyImages, Window, series_frames
+from plugin.review.timeline import TimelineView, timeline_view
 from plugin.store import Case, CaseQueue, HistoryEntry, Store, StoredResult
 
-__all__ = ["CaseFile", "SeriesView", "SimilarImage", "build_case_file", "default_window", "heatmap_data"]
+__all__ = [
+    "NO_SNAPSHOT",
+    "CaseFile",
+    "SeriesView",
+    "SimilarImage",
+    "build_case_file",
+    "default_window",
+    "heatmap_data",
+]
 
 logger = logging.getLogger(__name__)
+
+#: What the case page and the report say of a result stored without a record snapshot.
+NO_SNAPSHOT = (
+    "No record snapshot was kept for this result (it was stored before snapshots were kept, or by a "
+    "path that keeps none), so no timeline is drawn: the record items the model weighed are listed above."
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,8 @@ class SimilarImage:
 @dataclass(frozen=True)
 class CaseFile:
     """See the module docstring. ``examined`` is (series, 0-based position) of the frame the model
-    examined; ``heatmap`` its heatmap data; ``similar`` None when no index was searched."""
+    examined; ``heatmap`` its heatmap data; ``similar`` None when no index was searched;
+    ``timeline`` the record timeline, None with ``timeline_note`` saying why."""
 
     case: Case
     stored: StoredResult | None
@@ -65,6 +82,8 @@ class CaseFile:
     heatmap: dict[str, Any] | None
     heatmap_figure: Path | None
     similar: list[SimilarImage] | None
+    timeline: TimelineView | None = None
+    timeline_note: str | None = None
 
     @property
     def result(self) -> CrossCheckResult | None:
@@ -152,6 +171,7 @@ def build_case_file(
                     None if other is None else other.id,
                 )
             )
+    timeline, timeline_note = _timeline(store, case.result_id, stored)
     return CaseFile(
         case=case,
         stored=stored,
@@ -161,7 +181,22 @@ def build_case_file(
         heatmap=heatmap,
         heatmap_figure=figure if figure.is_file() else None,
         similar=similar,
+        timeline=timeline,
+        timeline_note=timeline_note,
     )
+
+
+def _timeline(
+    store: Store, result_id: str, stored: StoredResult | None
+) -> tuple[TimelineView | None, str | None]:
+    try:
+        snapshot = store.timeline(result_id)
+    except SnapshotUnreadable as exc:
+        logger.warning("a record snapshot could not be read (%s)", type(exc).__name__)
+        return None, f"The record snapshot of this result cannot be read by this version ({exc})."
+    if snapshot is None:
+        return None, NO_SNAPSHOT
+    return timeline_view(snapshot, None if stored is None else stored.result), None
 
 
 def _position(study: Any, heatmap: dict[str, Any]) -> tuple[str, int] | None:

@@ -4,10 +4,12 @@ or a referral.
 Per case: its identifiers, the frame the model examined (rendered at the series' window: its
 header's, CT's mediastinum, else the frame's 1st to 99th percentiles) and the same frame with the
 tamper heatmap over it, the scores with their threshold and what they mean, the findings with
-their evidence, the record items the model weighed, and the disposition history (events and
-comments). It is the review page's case page made static: the same `CaseFile`, the same
-templates (``_ids``, ``_result``, ``_history`` included, ``base`` extended), the stylesheet
-inlined and the images as ``data:`` URIs, so the file fetches nothing from anywhere.
+their evidence, the record items the model weighed, the record timeline (from the snapshot kept
+with the result: labs and vital signs against their reference ranges as inline SVG charts,
+conditions, orders, reports and the rest around the study), and the disposition history (events
+and comments). It is the review page's case page made static: the same `CaseFile`, the same
+templates (``_ids``, ``_result``, ``_timeline``, ``_history`` included, ``base`` extended), the
+stylesheet inlined and the images as ``data:`` URIs, so the file fetches nothing from anywhere.
 
 A PDF is the same HTML printed by Chromium through Playwright (Debian's ``/usr/bin/chromium``;
 no browser is downloaded); without either, `PdfRendererMissing`.

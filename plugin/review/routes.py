@@ -4,7 +4,7 @@
 |---|---|
 | ``GET/POST /review/login``, ``POST /review/logout`` | the login form (``Users.verify_password``); logout |
 | ``GET /review`` | the queue: filters (status, assignee, mine, unassigned), sorting, search, pages |
-| ``GET /review/cases/{id}`` | the case page: image viewer, heatmap overlay, scores, findings, history |
+| ``GET /review/cases/{id}`` | the case page: image, heatmap overlay, scores, findings, timeline, history |
 | ``GET /review/studies/{StudyInstanceUID}`` | redirects to the study's case (the CDS Cards link here) |
 | ``GET /review/results/{id}`` | redirects to the case of the result's study (the REST API links here) |
 | ``GET /review/cases/{id}/frames/{series}/{n}.png`` | frame ``n`` of a series, PNG, ``?center=&width=`` |

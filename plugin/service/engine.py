@@ -12,7 +12,9 @@ arriving at ingest. The engine
 - runs a study once, however many callers ask for it meanwhile (they share the
   task), and lets a caller stop waiting at a deadline while the task goes on:
   the next call finds the result in the store;
-- opens a case in the investigators' queue for each flagged result (`plugin.store.CaseQueue`);
+- stores each result with the record snapshot it was scored against (`plugin.store.Timeline`: the
+  review page's timeline), and opens a case in the investigators' queue for each flagged result
+  (`plugin.store.CaseQueue`);
 - keeps the images it scored (``images/<StudyInstanceUID>/``, uploads too: `keep_study`) and
   each result with a heatmap PNG beside it (and the heatmap as data, with the frame
   it lies on: ``heatmaps/<result id>.json``, for the review page's overlay), and writes back (FHIR
@@ -44,7 +46,7 @@ from fusion.checks.duplicates import PerceptualHashIndex
 from fusion.result import CrossCheckResult
 from fusion.scorer import Prediction, Scorer
 from plugin.cases.cost import cost_weight
-from plugin.store import CaseQueue, Store, StoredResult
+from plugin.store import CaseQueue, Store, StoredResult, Timeline
 
 __all__ = ["Checked", "Engine"]
 
@@ -259,14 +261,25 @@ class Engine:
         result, prediction = await loop.run_in_executor(self._model_thread, self._score_one, case)
         if fetch_ms is not None:
             result = replace(result, timings_ms={"fetch": fetch_ms, **result.timings_ms})
-        stored = await asyncio.to_thread(
-            self.store.save_result, result, source=source, inputs=dict(inputs or {})
-        )
+        stored = await asyncio.to_thread(self._save, result, case, source, dict(inputs or {}))
         if result.flagged:  # a case for the investigators' queue, ranked by what it would cost
             await asyncio.to_thread(self.cases.open_case_for, stored, cost_weight=cost_weight(case).weight)
         logger.debug("scored study %s as result %s", case.study_instance_uid, stored.id)
         self.spawn(self._after(stored, case, prediction), "the heatmap and write-back")  # after the answer
         return Checked(stored, cached=False)
+
+    def _save(
+        self, result: CrossCheckResult, case: Case, source: str, inputs: dict[str, str]
+    ) -> StoredResult:
+        """Store the result with the snapshot of the record it was scored against; a record the
+        snapshot cannot be made of costs the snapshot, never the result."""
+        try:
+            timeline: Timeline | None = Timeline.from_case(case)
+        except (TypeError, ValueError) as exc:
+            logger.warning("a result stored without its record snapshot (%s)", type(exc).__name__)
+            logger.debug("no record snapshot for study %s", case.study_instance_uid)
+            timeline = None
+        return self.store.save_result(result, source=source, inputs=inputs, timeline=timeline)
 
     async def _after(self, stored: StoredResult, case: Case, prediction: Prediction) -> None:
         """The heatmap PNG (its own thread: matplotlib is slow and not thread-safe), then write-back."""

@@ -1,12 +1,13 @@
-"""The plugin's database: results, the CDS Hooks Cards issued and their feedback, the audit
-trail, and the used CDS Client JWT ids (``jti``).
+"""The plugin's database: results (each with the record snapshot it was scored against: a
+:class:`Timeline`), the CDS Hooks Cards issued and their feedback, the audit trail, and the used
+CDS Client JWT ids (``jti``).
 
 SQLite file by default, PostgreSQL by URL (``postgresql+psycopg://user@host/db``, with
 ``pip install 'imaging-crosscheck[postgresql]'``); the schema is migrated with Alembic
 from code when the store opens::
 
     with Store.open("crosscheck.db") as store:
-        stored = store.save_result(result, source="cds")
+        stored = store.save_result(result, source="cds", timeline=Timeline.from_case(case))
         store.audit(AuditAction.RESULT_CREATE, Actor(ActorKind.CDS_CLIENT, iss), result_id=stored.id)
 
 A :class:`Store` is safe to share between threads; :class:`StoreReplayCache` gives the CDS
@@ -44,6 +45,7 @@ from plugin.store.records import (
     input_fingerprint,
 )
 from plugin.store.replay import StoreReplayCache
+from plugin.store.snapshots import EntryKind, Timeline, TimelineEntry
 from plugin.store.store import MAX_AUDIT_DETAIL_BYTES, Store
 from plugin.store.users import User, UserRole, Users
 
@@ -61,6 +63,7 @@ __all__ = [
     "CaseOrder",
     "CaseQueue",
     "CaseStatus",
+    "EntryKind",
     "FeedbackOutcome",
     "HistoryEntry",
     "IssuedCard",
@@ -71,6 +74,8 @@ __all__ = [
     "StoreReplayCache",
     "StoredFeedback",
     "StoredResult",
+    "Timeline",
+    "TimelineEntry",
     "TrainingLabel",
     "User",
     "UserRole",

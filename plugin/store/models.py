@@ -11,6 +11,7 @@
 ``users``          investigator logins (scrypt password hashes with their salt and parameters)
 ``sweeps``         each batch sweep started: when, with which model, how many studies it found
 ``sweep_results``  the result of each swept input, at most one per (model sha256, input fingerprint)
+``record_snapshots`` the record as it was when a result was scored (a Timeline), one per result
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -38,6 +39,7 @@ __all__ = [
     "CaseRow",
     "FeedbackRow",
     "JtiRow",
+    "RecordSnapshotRow",
     "ResultRow",
     "SweepResultRow",
     "SweepRow",
@@ -245,6 +247,8 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(sa.String(16))
     active: Mapped[bool] = mapped_column(sa.Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class SweepRow(Base):
     """A batch sweep (``crosscheck sweep``): when it started and ended, the model, what it found.
     ``description`` names the input (a folder, server URLs without credentials), never a patient."""
@@ -270,3 +274,16 @@ class SweepResultRow(Base):
     input_fingerprint: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     sweep_id: Mapped[str] = mapped_column(sa.ForeignKey("sweeps.id"), index=True)
     result_id: Mapped[str] = mapped_column(sa.ForeignKey("results.id"), unique=True)
+
+
+class RecordSnapshotRow(Base):
+    """The record snapshot of a result (`plugin.store.snapshots.Timeline` as JSON, its ``schema``
+    in a column of its own): written with the result, never changed; patient data, like the result."""
+
+    __tablename__ = "record_snapshots"
+
+    result_id: Mapped[str] = mapped_column(sa.ForeignKey("results.id"), primary_key=True)
+    schema: Mapped[str] = mapped_column(sa.String(64))
+    entries: Mapped[int] = mapped_column(sa.Integer)
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -26,7 +26,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from fusion.result import CrossCheckResult, ModelInfo
-from plugin.errors import DuplicateCard, ResultNotFound, StoreError, StoreUnavailable
+from plugin.errors import (
+    DuplicateCard,
+    DuplicateSnapshot,
+    ResultNotFound,
+    SnapshotUnreadable,
+    StoreError,
+    StoreUnavailable,
+)
 from plugin.store.engine import DEFAULT_BUSY_TIMEOUT_S, WRITE, create_store_engine, database_url, describe_url
 from plugin.store.migrate import prepare_schema
 from plugin.store.models import (
@@ -34,6 +41,7 @@ from plugin.store.models import (
     CardRow,
     FeedbackRow,
     JtiRow,
+    RecordSnapshotRow,
     ResultRow,
     SweepResultRow,
     SweepRow,
@@ -53,6 +61,7 @@ from plugin.store.records import (
     StoredResult,
     input_fingerprint,
 )
+from plugin.store.snapshots import Timeline
 
 __all__ = ["MAX_AUDIT_DETAIL_BYTES", "Store", "audit_detail"]
 
@@ -146,13 +155,18 @@ class Store:
         *,
         source: ResultSource | str,
         inputs: Mapping[str, str] | None = None,
+        timeline: Timeline | None = None,
     ) -> StoredResult:
         """Store ``result`` under a new id. ``inputs`` are the identifiers of what was scored (file
         paths, server URLs without credentials, StudyInstanceUID, ...): a sweep finds them again
-        with :meth:`result_for_inputs`."""
+        with :meth:`result_for_inputs`. ``timeline`` is the record snapshot the result was scored
+        against (`Timeline.from_case`), stored in the same transaction (:meth:`timeline` reads it)."""
         row = self._result_row(result, ResultSource(source), inputs)
         with self._transaction(write=True) as session:
             session.add(row)
+            if timeline is not None:
+                session.flush()  # the result row first: the snapshot's foreign key names it
+                session.add(self._snapshot_row(row.id, timeline))
             stored = _stored_result(row)
         logger.debug("stored result %s for study %s", row.id, row.study_instance_uid)
         return stored
@@ -218,6 +232,50 @@ class Store:
             row = session.scalars(query).first()
             return None if row is None else _stored_result(row)
 
+    # -- record snapshots ------------------------------------------------------------------
+
+    def save_timeline(self, result_id: str, timeline: Timeline) -> None:
+        """Keep ``timeline`` as the record snapshot of the stored result ``result_id`` (when it was
+        not saved with the result). :class:`~plugin.errors.ResultNotFound` for a result the store
+        does not hold, :class:`~plugin.errors.DuplicateSnapshot` when it has a snapshot already."""
+        try:
+            with self._transaction(write=True, integrity_errors=True) as session:
+                if session.get(ResultRow, result_id) is None:
+                    raise ResultNotFound(
+                        f"result {result_id} is not stored: keep a snapshot for the id save_result returned"
+                    )
+                session.add(self._snapshot_row(result_id, timeline))
+                session.flush()
+        except IntegrityError as exc:
+            raise DuplicateSnapshot(
+                f"result {result_id} has a record snapshot already: it is kept once and never replaced"
+            ) from exc
+        logger.debug("kept a record snapshot for result %s", result_id)
+
+    def timeline(self, result_id: str) -> Timeline | None:
+        """The record snapshot kept with the result ``result_id``, or None (none was kept, or no
+        such result); :class:`~plugin.errors.SnapshotUnreadable` for one this version cannot read."""
+        with self._transaction(write=False) as session:
+            row = session.get(RecordSnapshotRow, result_id)
+            snapshot = None if row is None else row.snapshot
+        if snapshot is None:
+            return None
+        try:
+            return Timeline.from_json(snapshot)
+        except ValueError as exc:
+            raise SnapshotUnreadable(
+                f"the record snapshot of result {result_id} cannot be read ({exc})"
+            ) from exc
+
+    def _snapshot_row(self, result_id: str, timeline: Timeline) -> RecordSnapshotRow:
+        return RecordSnapshotRow(
+            result_id=result_id,
+            schema=timeline.schema,
+            entries=len(timeline.entries),
+            snapshot=timeline.to_json(),
+            created_at=self._now(),
+        )
+
     # -- batch sweeps ----------------------------------------------------------------------
 
     def start_sweep(self, *, model: ModelInfo, description: str, studies: int) -> str:
@@ -255,12 +313,20 @@ class Store:
         items: Sequence[tuple[CrossCheckResult, Mapping[str, str]]],
         *,
         amended: Sequence[tuple[str, CrossCheckResult]] = (),
+        timelines: Sequence[Timeline | None] | None = None,
     ) -> int:
         """Store the results of swept inputs, each with its ``inputs`` (see :meth:`save_result`), and
         write over the results ``amended`` names by id (a study stored before whose findings the
         batch changed), all in one transaction; how many results were stored. An input whose
         result this model already has (stored by a concurrent or earlier sweep) is skipped, never
-        stored twice: the database's primary key on (model sha256, input fingerprint) decides."""
+        stored twice: the database's primary key on (model sha256, input fingerprint) decides.
+
+        ``timelines``, when given, holds each item's record snapshot (`Timeline.from_case` of the
+        case read for it; None where there is none), in the order of ``items``: stored in the same
+        transaction as its result, and skipped with it."""
+        snapshots = list(timelines) if timelines is not None else [None] * len(items)
+        if len(snapshots) != len(items):
+            raise ValueError(f"{len(snapshots)} timelines for {len(items)} results: give one per result")
         rows = []
         for result, inputs in items:
             if result.model is None or not inputs:
@@ -269,6 +335,11 @@ class Store:
         try:
             with self._transaction(write=True, integrity_errors=True) as session:
                 self._add_swept(session, sweep_id, rows)
+                session.add_all(
+                    self._snapshot_row(row.id, timeline)
+                    for row, timeline in zip(rows, snapshots, strict=True)
+                    if timeline is not None
+                )
                 self._amend(session, amended)
             return len(rows)
         except IntegrityError:
@@ -276,8 +347,8 @@ class Store:
                 logger.debug("input %s was stored already", rows[0].input_fingerprint)
                 return 0
         stored = 0  # one of the batch was stored already: the others one by one
-        for result, inputs in items:
-            stored += self.save_sweep_results(sweep_id, [(result, inputs)])
+        for item, timeline in zip(items, snapshots, strict=True):
+            stored += self.save_sweep_results(sweep_id, [item], timelines=[timeline])
         with self._transaction(write=True) as session:
             self._amend(session, amended)
         return stored

@@ -337,3 +337,11 @@ def test_a_fhir_subscription_notification_gets_its_study_scored(
         stored = _wait_for_result(tmp_path, case["study_instance_uid"], scorer.model_info.sha256)
     assert stored is not None and stored.source == "ingest"
     assert stored.result.scores.consistency is not None  # the record came from the FHIR server
+    with _store(tmp_path) as store:  # and its snapshot was kept with the result
+        snapshot = store.timeline(stored.id)
+    assert snapshot is not None and snapshot.has_record
+    assert (snapshot.patient_id, snapshot.study_instance_uid) == (
+        case["patient_id"],
+        case["study_instance_uid"],
+    )
+    assert f"ImagingStudy/{study['id']}" in snapshot.references and snapshot.of_kind("lab")

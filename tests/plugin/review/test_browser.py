@@ -66,6 +66,14 @@ def test_find_a_case_look_at_it_and_record_a_disposition(page: Any, flagged: Fla
     assert without.std() > 5, "the image alone is blank"
     changed = np.abs(with_overlay - without).sum(axis=-1) > 30
     assert changed.mean() > 0.01, "toggling the overlay changed no pixels"
+    chart = p.locator("#timeline svg.chart").first  # the record timeline, drawn server-side
+    chart.scroll_into_view_if_needed()
+    assert chart.is_visible()
+    box = chart.bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 20
+    drawn = _shot(chart)
+    assert drawn.std() > 5, "the timeline chart is blank"
+    assert p.locator("#timeline circle.dot").count() > 0 and p.locator("#timeline tr.study-row").is_visible()
     before = p.locator("#frame").get_attribute("src")
     p.fill("#width", "5")
     p.dispatch_event("#width", "change")

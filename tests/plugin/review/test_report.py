@@ -47,6 +47,7 @@ def test_html_report_is_self_contained_and_complete(flagged: Flagged, tmp_path: 
         assert stored is not None
         result = stored.result
         events = store.audit_events(action=AuditAction.CASE_REPORT)
+        timeline = store.timeline(flagged.result_id)
     assert f"{result.scores.overall:.3f}" in html and f"{result.threshold:.3f}" in html
     assert COMMENT in html and USER in html  # the history entry
     images = _pngs(html)
@@ -55,6 +56,13 @@ def test_html_report_is_self_contained_and_complete(flagged: Flagged, tmp_path: 
     assert frame.std() > 5, "the examined frame is blank"
     assert frame.shape == overlaid.shape
     assert (np.abs(frame - overlaid).sum(axis=-1) > 30).mean() > 0.01, "the overlay changed no pixels"
+    assert timeline is not None  # the record timeline, drawn from the snapshot kept with the result
+    section = html[html.index('<section id="timeline">') :]
+    section = section[: section.index("</section>")]
+    assert section.count('<svg class="chart"') == len({e.code for e in timeline.of_kind("lab", "vital")}) > 0
+    assert '<line class="study"' in section and '<tr class="study-row">' in section
+    for entry in timeline.of_kind("order", "report"):
+        assert f'data-reference="{entry.reference}"' in section
     (event,) = events
     assert event.actor == Actor(ActorKind.SYSTEM, "cli")
     assert event.detail == {"cases": [flagged.case_id]}

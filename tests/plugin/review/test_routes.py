@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -141,3 +142,46 @@ def test_a_disposition_goes_to_the_history_and_a_stale_form_is_refused(flagged: 
     done = {(action, kind, who) for action, kind, who, _ in events}
     assert {("case.update", "user", USER), ("case.comment", "user", USER)} <= done  # by the queue
     assert ("user.logout", "user", USER, 200) in events
+
+
+def test_the_case_page_draws_the_record_timeline_from_the_snapshot(flagged: Flagged) -> None:
+    """The REST upload stored the record snapshot with the result; the page draws it, marks what
+    the model weighed, and says so plainly once the snapshot is gone."""
+    with Store.open(f"sqlite:///{flagged.data_dir / 'crosscheck.db'}") as store:
+        snapshot = store.timeline(flagged.result_id)
+        stored = store.get_result(flagged.result_id)
+    assert snapshot is not None and stored is not None
+    assert (snapshot.study_instance_uid, snapshot.patient_id) == (
+        flagged.study_instance_uid,
+        flagged.patient_id,
+    )
+    assert snapshot.of_kind("lab") and snapshot.of_kind("order") and snapshot.study_date is not None
+    case = f"/review/cases/{flagged.case_id}"
+    with _client(flagged.url) as http:
+        login(http)
+        page = http.get(case)
+        assert page.status_code == 200
+        section = page.text[page.text.index('<section id="timeline">') :]
+        section = section[: section.index("</section>")]
+        assert section.count('<svg class="chart"') == len({e.code for e in snapshot.of_kind("lab", "vital")})
+        assert '<line class="study"' in section and '<rect class="band"' in section
+        assert '<tr class="study-row">' in section
+        for entry in snapshot.of_kind("order", "report", "condition"):
+            assert f'data-reference="{entry.reference}"' in section
+        weighed = {c["reference"] for c in stored.result.contributions} & snapshot.references
+        assert weighed, "the model weighed none of the record's items"
+        for reference in weighed:
+            marked = re.search(rf'class="[^"]*weighed[^"]*" data-reference="{re.escape(reference)}"', section)
+            ringed = re.search(
+                rf'<circle class="weighed"[^>]*>\s*<circle[^>]*data-reference="{re.escape(reference)}"',
+                section,
+            )
+            assert marked or ringed, f"{reference} is not marked as weighed"
+        with sqlite3.connect(flagged.data_dir / "crosscheck.db") as db:
+            db.execute("DELETE FROM record_snapshots")
+        gone = http.get(case)
+        assert gone.status_code == 200
+        assert (
+            "No record snapshot was kept for this result" in gone.text
+            and '<svg class="chart"' not in gone.text
+        )

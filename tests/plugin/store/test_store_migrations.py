@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from plugin.errors import MigrationFailed, SchemaOutOfDate, SchemaTooNew, StoreError
-from plugin.store import Actor, ActorKind, AuditAction, CardKind, IssuedCard, Store
+from plugin.store import Actor, ActorKind, AuditAction, CardKind, IssuedCard, Store, Timeline, TimelineEntry
 from plugin.store.ddl import append_only_triggers
 from plugin.store.engine import create_store_engine, database_url
 from plugin.store.migrate import alembic_config, current_revisions, head_revisions
@@ -23,7 +23,13 @@ from plugin.store.models import Base
 
 CASE_TABLES = {"cases", "case_events", "case_comments", "users"}
 SWEEP_TABLES = {"sweeps", "sweep_results"}
-TABLES = {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"} | CASE_TABLES | SWEEP_TABLES
+SNAPSHOT_TABLES = {"record_snapshots"}
+TABLES = (
+    {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"}
+    | CASE_TABLES
+    | SWEEP_TABLES
+    | SNAPSHOT_TABLES
+)
 
 
 def _tables(path: Path) -> set[str]:
@@ -94,10 +100,10 @@ def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0001")
-    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES - SWEEP_TABLES
+    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
     assert _revision(db_path) == "0001"
     command.upgrade(config, "0002")
-    assert TABLES - CASE_TABLES - SWEEP_TABLES <= _tables(db_path)
+    assert TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES <= _tables(db_path)
     assert _revision(db_path) == "0002"
 
 
@@ -110,10 +116,32 @@ def test_0004_down_drops_the_sweep_tables_only_and_up_again(db_path: Path) -> No
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0003")
-    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES
+    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
     assert _revision(db_path) == "0003"
     command.upgrade(config, "0004")
-    assert TABLES <= _tables(db_path)
+    assert TABLES - SNAPSHOT_TABLES <= _tables(db_path)
+
+
+def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, make_result) -> None:
+    """A database of 0004 with results upgrades to 0005; they are kept, without snapshots, and a
+    snapshot can be kept for one of them afterwards."""
+    with Store.open(db_path) as store:
+        kept = store.save_result(make_result(), source="cds", timeline=_snapshot())
+    config = alembic_config(db_path)
+    command.downgrade(config, "0004")
+    assert _tables(db_path) & TABLES == TABLES - SNAPSHOT_TABLES
+    assert _revision(db_path) == "0004"
+    with Store.open(db_path) as store:  # upgrades to the head again
+        assert SNAPSHOT_TABLES <= _tables(db_path)
+        assert store.get_result(kept.id) == kept
+        assert store.timeline(kept.id) is None  # dropped with its table
+        store.save_timeline(kept.id, _snapshot())
+        assert store.timeline(kept.id) == _snapshot()
+
+
+def _snapshot() -> Timeline:
+    entry = TimelineEntry("lab", "Observation/obs-1", "Hemoglobin", value=12.0, low=13.5, high=17.5)
+    return Timeline("1.2.826.0.1.3680043.8.498.1", "pat-1", None, (entry,))
 
 
 def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_result) -> None:
@@ -122,7 +150,7 @@ def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_re
     assert {"case_events_no_update", "case_comments_no_delete"} <= _triggers(db_path)
     config = alembic_config(db_path)
     command.downgrade(config, "0002")
-    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES
+    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
     assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
     assert _revision(db_path) == "0002"
     command.upgrade(config, "head")
@@ -215,6 +243,11 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     assert "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'" in sql
     assert "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'" in sql
     assert "UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003'" in sql
+    assert "UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004'" in sql
+    assert (
+        "CONSTRAINT fk_record_snapshots_result_id_results FOREIGN KEY(result_id) REFERENCES results (id)"
+        in sql
+    )
 
 
 def test_append_only_triggers_exist_for_the_two_dialects_only() -> None:
