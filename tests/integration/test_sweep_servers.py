@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import sqlite3
 import sys
@@ -107,10 +108,13 @@ def _settings(env: dict[str, str]) -> ServerSettings:
     return server_settings(argparse.Namespace(), env=env)
 
 
-def _sweep(capsys: pytest.CaptureFixture[str], data: Path, *argv: str) -> tuple[int, int]:
-    """Run a server sweep; (studies scored now, studies done before)."""
+def _sweep(
+    capsys: pytest.CaptureFixture[str], data: Path, *argv: str, debug: bool = False
+) -> tuple[int, int]:
+    """Run a server sweep (logging at DEBUG level with ``debug``); (studies scored now, done before)."""
     capsys.readouterr()
-    code = main(["sweep", *argv, "--data-dir", str(data), "--workers", "1", "--batch-size", "4", "-q"])
+    options = ["sweep", *argv, "--data-dir", str(data), "--workers", "1", "--batch-size", "4", "-q"]
+    code = main(["-vv", *options] if debug else options)
     out, err = capsys.readouterr()
     assert code == 0, err
     found = re.search(r"(\d+) scored and stored, (\d+) done before, 0 unreadable", out)
@@ -178,8 +182,26 @@ def test_each_filter_picks_what_the_pacs_index_holds(
                 assert unit.inputs["accession_number"] == study.accession
 
 
+def _patient_data(cohort: Path, study: InCohort, env: dict[str, str]) -> set[str]:
+    """What must never be logged of the study's patient: identifiers, names, birth date; and the
+    servers' passwords."""
+    bundle = json.loads((cohort / "bundles" / f"{study.fhir_patient}.json").read_text())
+    (patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    values = {study.patient_id, study.accession, patient["birthDate"]}
+    values |= {i["value"] for i in patient.get("identifier", [])}
+    for name in patient.get("name", []):
+        values |= {name.get("family", "")} | set(name.get("given", []))
+    values |= {env["CROSSCHECK_FHIR_PASSWORD"], env["CROSSCHECK_DICOMWEB_PASSWORD"]}
+    return values - {""}
+
+
 def test_sweeps_by_accession_patient_modality_and_date_store_what_check_gives(
-    loaded: Path, server_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    loaded: Path,
+    server_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     for key, value in server_env.items():
         monkeypatch.setenv(key, value)
@@ -191,7 +213,8 @@ def test_sweeps_by_accession_patient_modality_and_date_store_what_check_gives(
     clean = {
         u.study_instance_uid
         for u in units
-        if u.inputs["instances"] == digest(cohort[u.study_instance_uid].sops)
+        if u.study_instance_uid in cohort
+        and u.inputs["instances"] == digest(cohort[u.study_instance_uid].sops)
     }
     by_patient: dict[str, list[InCohort]] = {}
     for study in sorted(cohort.values(), key=lambda s: s.uid):
@@ -210,8 +233,13 @@ def test_sweeps_by_accession_patient_modality_and_date_store_what_check_gives(
     assert _sweep(capsys, data, *accessions, *site) == (2, 0)
     assert set(_stored(data)) == {first.uid, other.uid}
 
-    assert _sweep(capsys, data, "--patient", twin, *site) == (len(by_patient[twin]) - 1, 1)
+    with caplog.at_level(logging.DEBUG):
+        assert _sweep(capsys, data, "--patient", twin, *site, debug=True) == (len(by_patient[twin]) - 1, 1)
     assert set(_stored(data)) == {other.uid} | {s.uid for s in by_patient[twin]}
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert by_patient[twin][-1].uid in logged  # UIDs at DEBUG are fine, and are there
+    leaked = sorted(v for v in _patient_data(loaded, by_patient[twin][0], server_env) if v in logged)
+    assert not leaked, f"patient data or secrets in the logs: {len(leaked)} value(s)"
 
     mr = {s.uid for s in cohort.values() if s.modality == "MR"}
     assert mr and mr <= clean
