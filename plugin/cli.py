@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugin.errors import PluginError, UsageError
 from plugin.servers import add_server_arguments
+
+if TYPE_CHECKING:
+    from connectors.domain import SiteProfile
+    from plugin.sweep import SweepUnit
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -168,6 +174,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+#: ``crosscheck sweep`` options that pick studies on the servers (not given: None or empty).
+_SWEEP_SERVER_OPTIONS = (
+    "date_from",
+    "date_to",
+    "modality",
+    "patient",
+    "patients_file",
+    "accession",
+    "accessions_file",
+    "fhir",
+    "dicomweb",
+)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from plugin.settings import Settings
     from plugin.store import Store
@@ -177,16 +197,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError("--workers and --batch-size must be at least 1")
     if args.export and Path(args.export).suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--export {args.export}: give a .parquet or .csv file name")
-    found = units_from_folder(
-        Path(args.path), site_path=Path(args.site) if args.site else None, strictness=args.strictness
-    )
-    database = args.database_url or Settings(data_dir=Path(args.data_dir)).database
-    with Store.open(database) as store:
+    servers = [f"--{o.replace('_', '-')}" for o in _SWEEP_SERVER_OPTIONS if getattr(args, o)]
+    if args.path is not None and servers:
+        raise UsageError(f"sweep a FOLDER or the servers, not both: {args.path} given with {servers[0]}")
+    if args.path is None and not servers:
+        raise UsageError(
+            "give a FOLDER to sweep, or the filters of a server sweep: --date-from/--date-to, "
+            "--modality, --patient (or --patients-file), --accession (or --accessions-file)"
+        )
+    with ExitStack() as stack:
+        if args.path is not None:
+            found = units_from_folder(
+                Path(args.path), site_path=Path(args.site) if args.site else None, strictness=args.strictness
+            )
+            units, site, description = found.units, found.site, f"folder {found.root}"
+        else:
+            cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crosscheck-sweep-")))
+            units, description = _server_units(args, cache)
+            site = _site(args)
+        database = args.database_url or Settings(data_dir=Path(args.data_dir)).database
+        store = stack.enter_context(Store.open(database))
         report = run_sweep(
-            found.units,
+            units,
             store=store,
-            description=f"folder {found.root}",
-            site=found.site,
+            description=description,
+            site=site,
             model=Path(args.model) if args.model else None,
             device=args.device,
             workers=args.workers,
@@ -204,11 +239,41 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
         if args.export:
             rows = export_results(
-                store.swept_results(report.model.sha256, [u.fingerprint for u in found.units]),
+                store.swept_results(report.model.sha256, [u.fingerprint for u in units]),
                 Path(args.export),
             )
             print(f"exported {rows} rows to {args.export}")
     return 1 if report.failed else 0
+
+
+def _server_units(args: argparse.Namespace, cache: Path) -> tuple[tuple[SweepUnit, ...], str]:
+    """A server sweep's units (``sweep`` without a FOLDER) and its description (no identifiers)."""
+    from connectors.http import redact_url
+    from plugin.servers import server_settings
+    from plugin.sweep.servers import StudySelection, parse_study_date, read_identifiers, units_from_servers
+
+    patients = list(args.patient or [])
+    if args.patients_file:
+        patients += read_identifiers(Path(args.patients_file), "--patients-file")
+    accessions = list(args.accession or [])
+    if args.accessions_file:
+        accessions += read_identifiers(Path(args.accessions_file), "--accessions-file")
+    selection = StudySelection(
+        date_from=parse_study_date(args.date_from, "--date-from") if args.date_from else None,
+        date_to=parse_study_date(args.date_to, "--date-to") if args.date_to else None,
+        modalities=tuple(args.modality or ()),
+        patient_ids=tuple(patients),
+        accession_numbers=tuple(accessions),
+    )
+    settings = server_settings(args)
+    units = units_from_servers(settings, selection, cache=cache)
+    return units, f"servers {redact_url(settings.dicomweb_url or '')}: {selection.describe()}"
+
+
+def _site(args: argparse.Namespace) -> SiteProfile | None:
+    from plugin.check import load_site
+
+    return load_site(Path(args.site)) if args.site else None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -475,9 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "sweep",
         _cmd_sweep,
-        "Score every study of a folder (Bundles + DICOM, or a cohort folder) into the database, resumably.",
+        "Score every study of a folder (Bundles + DICOM, or a cohort folder), or the studies of a PACS "
+        "(DICOMweb) that match the filters with their records from the FHIR server, into the database, "
+        "resumably.",
     )
-    p.add_argument("path", help="folder: a cohort (manifest.json) or FHIR Bundles and DICOM studies")
+    p.add_argument(
+        "path", nargs="?", help="folder: a cohort (manifest.json) or FHIR Bundles and DICOM studies"
+    )
+    g = p.add_argument_group("a server sweep (no FOLDER): the PACS's studies that match every filter given")
+    g.add_argument("--date-from", metavar="YYYY-MM-DD", help="StudyDate on or after this day")
+    g.add_argument("--date-to", metavar="YYYY-MM-DD", help="StudyDate on or before this day")
+    g.add_argument(
+        "--modality", action="append", metavar="CODE", help="ModalitiesInStudy, e.g. CT (repeatable: any of)"
+    )
+    g.add_argument(
+        "--patient",
+        action="append",
+        metavar="ID",
+        help="DICOM PatientID as the PACS files studies (usually the MRN; repeatable: any of)",
+    )
+    g.add_argument("--patients-file", metavar="FILE", help="PatientIDs, one a line (# comments)")
+    g.add_argument("--accession", action="append", metavar="N", help="AccessionNumber (repeatable: any of)")
+    g.add_argument("--accessions-file", metavar="FILE", help="AccessionNumbers, one a line (# comments)")
     p.add_argument("--site", help="site profile JSON (default: the folder's site.json, if any)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default=None, help="torch device for the model (default: cuda if present)")
@@ -496,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="warn",
         help="an invalid FHIR resource or DICOM file: stop that study (raise) or skip it (warn, ignore)",
     )
+    add_server_arguments(p, dimse=False)
 
     p = add("serve", _cmd_serve, "Serve CDS Hooks 2.0 services and the REST API (FastAPI under uvicorn).")
     p.add_argument("--config", help="settings file, TOML or JSON [CROSSCHECK_CONFIG]")

@@ -30,7 +30,9 @@
      +-- RequestInvalid            a request to the service that cannot be answered as sent (400)
      +-- ApiAuthenticationError    a REST call without a valid API key or bearer token (401)
      +-- ReportError               a case report (``crosscheck report``) that cannot be written
-          +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
+     |    +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
+     +-- SweepError                a sweep (``crosscheck sweep``) that cannot run as asked
+          +-- EmptySelection       a server sweep whose filters match no study on the PACS
 
 Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch below
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
@@ -61,6 +63,7 @@ __all__ = [
     "DuplicateCard",
     "DuplicateSnapshot",
     "DuplicateUser",
+    "EmptySelection",
     "FieldProblem",
     "InvalidWriteBack",
     "MigrationFailed",
@@ -77,6 +80,7 @@ __all__ = [
     "StaleCase",
     "StoreError",
     "StoreUnavailable",
+    "SweepError",
     "UnknownCdsService",
     "UnsuitableResult",
     "UsageError",
@@ -224,6 +228,19 @@ class ReportError(PluginError):
 
 class PdfRendererMissing(ReportError):
     """A PDF report asked for where Playwright or Debian's Chromium is not installed."""
+
+
+# -- sweeps (plugin.sweep) ----------------------------------------------------------------------
+
+
+class SweepError(PluginError):
+    """A sweep that cannot run as asked (bad input is `UsageError`; the servers' refusals are the
+    connectors' ``ServerError``)."""
+
+
+class EmptySelection(SweepError):
+    """A server sweep whose filters (StudyDate range, ModalitiesInStudy, PatientIDs, AccessionNumbers)
+    match no study on the PACS; the message names the filters, never the identifiers."""
 
 
 # -- CDS Hooks calls (plugin.cds) ---------------------------------------------------------------

@@ -92,15 +92,6 @@ StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
 StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
 StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
 
-_FIND_KEYS = (
-    "PatientID",
-    "AccessionNumber",
-    "StudyDate",
-    "ModalitiesInStudy",
-    "NumberOfStudyRelatedSeries",
-    "NumberOfStudyRelatedInstances",
-)
-
 
 @dataclass(frozen=True)
 class DimsePeer:
@@ -193,7 +184,7 @@ class DimseSource:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_instance_uid or ""
-        for keyword in _FIND_KEYS:
+        for keyword in StudyRef.KEYS:
             setattr(query, keyword, "")
         if patient_id is not None:
             query.PatientID = patient_id

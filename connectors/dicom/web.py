@@ -13,6 +13,11 @@ it. Instances are then retrieved one at a time and streamed to disk part by part
 
 Errors from the server or the network become the `ServerError` subclasses of
 `connectors.errors`, with the URL but not the query (QIDO queries carry patient ids).
+
+`search_studies` pages through a QIDO-RS study search (``limit``/``offset``) with its
+values percent-encoded only where a URL query needs it (`qido_query`): Orthanc does not
+decode percent-encoded QIDO values, so a date range (``-``), a wildcard (``*``, ``?``)
+or a UID list (``,``) must travel as written to match anything there.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 import pydicom
 import requests
@@ -42,13 +48,26 @@ from connectors.errors import (
 )
 from connectors.http import RetryPolicy, Timeouts, error_for_status, outcome_issues, redact_url
 
-__all__ = ["DICOM_MEDIA_TYPE", "DicomWebSource", "StudyRef", "metadata_dataset"]
+__all__ = [
+    "DICOM_MEDIA_TYPE",
+    "QIDO_PAGE_SIZE",
+    "DicomWebSource",
+    "StudyRef",
+    "metadata_dataset",
+    "qido_query",
+]
 
 logger = logging.getLogger(__name__)
 
 DICOM_MEDIA_TYPE = "application/dicom"
 _ACCEPT_INSTANCE = f'multipart/related; type="{DICOM_MEDIA_TYPE}"; transfer-syntax=*'
 _CHUNK = 1 << 20
+#: Studies asked for per QIDO-RS request when paging (`DicomWebSource.search_studies`).
+QIDO_PAGE_SIZE = 500
+_MAX_QIDO_PAGES = 100_000  # a server that never ends its pages is broken: stop rather than loop
+#: Characters a QIDO-RS value keeps unencoded: those RFC 3986 allows in a query but ``&``, ``=``,
+#: ``+`` (they separate parameters, or mean a space) and ``%``.
+_QIDO_SAFE = "-._~*?,:@/!$'()"
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,17 @@ class StudyRef:
     modalities: tuple[str, ...]
     series: int | None
     instances: int | None
+
+    #: The attributes a study search asks for besides StudyInstanceUID (QIDO-RS ``includefield``,
+    #: C-FIND return keys): what `from_dataset` reads.
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "PatientID",
+        "AccessionNumber",
+        "StudyDate",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    )
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> StudyRef:
@@ -83,6 +113,21 @@ class StudyRef:
             series=number("NumberOfStudyRelatedSeries"),
             instances=number("NumberOfStudyRelatedInstances"),
         )
+
+
+def qido_query(params: Mapping[str, str | int | Sequence[str]]) -> str:
+    """A QIDO-RS query string, each value percent-encoded only where a URL query needs it.
+
+    Orthanc does not decode percent-encoded QIDO values: ``StudyDate=20240101%2D20241231``
+    matches nothing there, ``StudyDate=20240101-20241231`` matches the range. A value with a
+    space, ``&``, ``=``, ``+``, ``%`` or a non-ASCII character must be encoded for any server,
+    and so cannot match on Orthanc.
+    """
+    pairs = []
+    for key, value in params.items():
+        for v in [value] if isinstance(value, str | int) else value:
+            pairs.append(f"{quote(key, safe='')}={quote(str(v), safe=_QIDO_SAFE)}")
+    return "&".join(pairs)
 
 
 def metadata_dataset(item: dict[str, Any]) -> Dataset:
@@ -161,25 +206,78 @@ class DicomWebSource:
             raise ValueError(
                 "a study search needs a patient id, accession number, StudyInstanceUID or date range"
             )
-        fields = (
-            "PatientID",
-            "AccessionNumber",
-            "StudyDate",
-            "ModalitiesInStudy",
-            "NumberOfStudyRelatedSeries",
-            "NumberOfStudyRelatedInstances",
-        )
         found = self._call(
             "QIDO-RS study search",
             lambda: self._client.search_for_studies(
                 search_filters=filters,
-                fields=fields,
+                fields=StudyRef.KEYS,
                 limit=limit,
                 # a UID matches at most one study: no need for the extra request that finds the end
                 get_remaining=limit is None and study_instance_uid is None,
             ),
         )
         return [StudyRef.from_dataset(metadata_dataset(item)) for item in found]
+
+    def search_studies(
+        self, filters: Mapping[str, str], *, page_size: int = QIDO_PAGE_SIZE
+    ) -> Iterator[list[StudyRef]]:
+        """Pages of QIDO-RS ``/studies`` matches of every filter (DICOM keyword -> value, e.g.
+        ``{"StudyDate": "20240101-20240131", "PatientID": "12345"}``; none: every study), ``page_size``
+        a request.
+
+        Pages follow each other by ``offset`` until one comes back empty (a server may cap a page
+        below ``limit``, so a short page is not the end) or brings no study not seen before (a
+        server that ignores ``offset``). A study is in at most one page. Values are encoded with
+        `qido_query`. Orthanc (1.10) pages a search with ``ModalitiesInStudy`` wrongly: it matches
+        the modality on the series after cutting the page, so match that one on the results.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        seen: set[str] = set()
+        for page in range(_MAX_QIDO_PAGES):
+            params: dict[str, str | int | Sequence[str]] = {
+                **filters,
+                "includefield": list(StudyRef.KEYS),
+                "limit": page_size,
+                "offset": page * page_size,
+            }
+            items = self._qido("/studies", params, "QIDO-RS study search")
+            refs = [StudyRef.from_dataset(metadata_dataset(item)) for item in items]
+            new = [r for r in refs if r.study_instance_uid and r.study_instance_uid not in seen]
+            if not new:
+                return
+            seen.update(r.study_instance_uid for r in new)
+            yield new
+        raise ServerError(
+            f"QIDO-RS study search: the PACS at {self.url} returned more than {_MAX_QIDO_PAGES} pages; "
+            "stopped",
+            url=f"{self.url}/studies",
+        )
+
+    def _qido(self, path: str, params: Mapping[str, str | int | Sequence[str]], what: str) -> list[Any]:
+        """GET a QIDO-RS resource with a `qido_query` query string; the DICOM JSON array."""
+        url = f"{self.url}{path}"
+        try:
+            response = self._session.get(
+                f"{url}?{qido_query(params)}",
+                headers={"Accept": "application/dicom+json"},
+                timeout=(self.timeouts.connect, self.timeouts.read),
+            )
+        except requests.RequestException as exc:
+            raise _transport_error(exc, what, url) from None
+        if response.status_code >= 400:
+            raise _status_error(response, what)
+        if response.status_code == 204 or not response.content:
+            return []
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServerError(f"{what}: the PACS answered with a body that is not JSON", url=url) from None
+        if isinstance(body, dict):  # some servers send a lone match as an object
+            body = [body]
+        if not isinstance(body, list):
+            raise ServerError(f"{what}: the PACS answered with JSON that is not a list of matches", url=url)
+        return body
 
     def find_series(self, study_instance_uid: str) -> list[Dataset]:
         found = self._call(

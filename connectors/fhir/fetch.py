@@ -15,6 +15,12 @@ The resources then go through the same extraction as a Bundle file
 (`records_from_resources`), so a server and a file of the same patient give
 equal `PatientRecord`s; resources that do not validate end up in
 ``PatientRecord.problems`` (or raise, under ``Strictness.RAISE``).
+
+`record_versions` runs the same searches asking only for each resource's ``meta``
+(``_elements=meta``): what changes when the record changes, at a fraction of the
+record's size. `imaging_study_subjects` and `patients_with_identifier` find whose
+record a study belongs to: the subject of the ImagingStudy that carries its
+StudyInstanceUID, or the Patient that carries the PACS's PatientID.
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ __all__ = [
     "FetchedRecord",
     "fetch_record",
     "fetch_referenced",
+    "imaging_study_subjects",
     "patient_searches",
+    "patients_with_identifier",
+    "record_versions",
     "supported_types",
 ]
 
@@ -134,6 +143,57 @@ async def fetch_record(
         "fetched Patient/%s: %d resources in %d requests", patient_id, len(resources), client.requests - start
     )
     return FetchedRecord(record=record, resources=len(resources), requests=client.requests - start)
+
+
+async def record_versions(
+    client: FhirClient, patient_id: str, *, capabilities: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """``[type]/[id]/_history/[versionId]@[lastUpdated]`` of the Patient and of every resource the
+    searches of `fetch_record` find, sorted: it changes when a resource of the record is added,
+    removed or updated (on a server that keeps ``meta.versionId`` or ``meta.lastUpdated``).
+
+    Each search asks for ``_elements=meta``; a server that ignores it sends whole resources,
+    which gives the same answer.
+    """
+    supported = supported_types(capabilities) if capabilities is not None else None
+    searches = [("Patient", {"_id": patient_id}), *patient_searches(patient_id, supported)]
+    found = await asyncio.gather(
+        *(client.search_all(rtype, {**params, "_elements": "meta"}) for rtype, params in searches)
+    )
+    versions = set()
+    for resource in (r for batch in found for r in batch):
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if isinstance(rtype, str) and isinstance(rid, str):
+            meta = resource.get("meta")
+            meta = meta if isinstance(meta, Mapping) else {}
+            versions.add(
+                f"{rtype}/{rid}/_history/{meta.get('versionId') or ''}@{meta.get('lastUpdated') or ''}"
+            )
+    return tuple(sorted(versions))
+
+
+async def imaging_study_subjects(client: FhirClient, study_instance_uid: str) -> set[str]:
+    """The Patient ids whose ImagingStudy carries ``study_instance_uid`` (identifier
+    ``urn:dicom:uid|urn:oid:<UID>``); usually one, none when the EHR has no ImagingStudy for it."""
+    found = await client.search_all(
+        "ImagingStudy", {"identifier": f"urn:dicom:uid|urn:oid:{study_instance_uid}", "_elements": "subject"}
+    )
+    return {
+        str((r.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+        for r in found
+        if r.get("resourceType") == "ImagingStudy"
+        and str((r.get("subject") or {}).get("reference", "")).startswith("Patient/")
+    }
+
+
+async def patients_with_identifier(client: FhirClient, value: str) -> set[str]:
+    """The ids of the Patients with an identifier of this value, in any system (a DICOM PatientID
+    names no system); the value is escaped as FHIR token search needs (``\\``, ``|``, ``,``, ``$``)."""
+    escaped = "".join("\\" + c if c in "\\|,$" else c for c in value)
+    found = await client.search_all("Patient", {"identifier": escaped, "_elements": "id"})
+    return {
+        str(r["id"]) for r in found if r.get("resourceType") == "Patient" and isinstance(r.get("id"), str)
+    }
 
 
 async def fetch_referenced(

@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse
 from connectors.auth import httpx_auth
 from connectors.dicom.multipart import split_parts_async
 from connectors.domain import PatientRecord
-from connectors.fhir.fetch import fetch_record
+from connectors.fhir.fetch import fetch_record, imaging_study_subjects
 from connectors.strictness import Strictness
 from plugin.errors import RequestInvalid
 from plugin.service.rest import authenticated
@@ -61,14 +61,7 @@ async def record_for_study(state: ServiceState, study_instance_uid: str) -> Pati
     if state.servers.fhir_url is None:
         return None
     async with state.servers.fhir_client() as fhir:
-        found = await fhir.search_all(
-            "ImagingStudy", {"identifier": f"urn:dicom:uid|urn:oid:{study_instance_uid}"}
-        )
-        subjects = {
-            str((r.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
-            for r in found
-            if str((r.get("subject") or {}).get("reference", "")).startswith("Patient/")
-        }
+        subjects = await imaging_study_subjects(fhir, study_instance_uid)
         if len(subjects) != 1:
             logger.debug(
                 "study %s: %d ImagingStudy subjects on the FHIR server", study_instance_uid, len(subjects)

@@ -25,6 +25,7 @@ from fusion.checks.duplicates import ImageFingerprint, fingerprint
 from fusion.features import CaseFeatures
 from fusion.model.factory import Preprocess
 from fusion.result import CaseRef, Finding
+from plugin.sweep.fetch import load_server_case, load_server_study
 from plugin.sweep.units import SweepUnit
 
 __all__ = [
@@ -110,7 +111,10 @@ def _records(bundle: Path, strictness: Strictness | str) -> list[PatientRecord]:
 
 
 def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -> Case:
-    """Read and link the unit's study, as ``crosscheck check`` would."""
+    """Read and link the unit's study, as ``crosscheck check`` would (a server sweep's unit: fetched
+    from the PACS and the FHIR server, `plugin.sweep.fetch`)."""
+    if unit.source is not None:
+        return load_server_case(unit, strictness)
     records: list[PatientRecord] = _records(Path(unit.bundle), strictness) if unit.bundle else []
     studies = [
         s
@@ -160,11 +164,15 @@ def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -
     resumed sweep did before, whose results are stored but whose hashes are not."""
     fp: ImageFingerprint | None = None
     try:
-        studies = [
-            s
-            for s in read_dicom(unit.dicom, strictness=strictness)
-            if s.study_instance_uid == unit.study_instance_uid
-        ]
+        studies = (
+            [
+                s
+                for s in read_dicom(unit.dicom, strictness=strictness)
+                if s.study_instance_uid == unit.study_instance_uid
+            ]
+            if unit.source is None
+            else [load_server_study(unit, strictness)]
+        )
         if studies:
             fp = _fingerprint(unit, studies[0])
     except Exception as exc:

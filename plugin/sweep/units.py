@@ -9,6 +9,9 @@ its record came from.
 A unit's ``inputs`` are the identifiers stored with its result: StudyInstanceUID, the
 patient id and accession number, and each file's name (relative to the swept folder),
 size and modification time. A file changed since is a new input, scored again.
+
+A unit of a server sweep (`plugin.sweep.servers.units_from_servers`) has a ``source``
+instead of files: where its reader fetches the study and the record from.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectors import Strictness, link_cases, read_bundle
 from connectors.dicom import read_dicom_folder
@@ -27,6 +31,9 @@ from plugin.check import load_site
 from plugin.cohort import load_cohort
 from plugin.store import input_fingerprint
 
+if TYPE_CHECKING:
+    from plugin.sweep.servers import ServerStudy
+
 __all__ = ["FolderSweep", "SweepUnit", "file_listing", "units_from_folder"]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +42,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SweepUnit:
     """One study to score: where its DICOM files and its patient's Bundle are, and the identifiers
-    stored with its result (``inputs``; their `input_fingerprint` is what a resumed sweep skips)."""
+    stored with its result (``inputs``; their `input_fingerprint` is what a resumed sweep skips).
+
+    ``source`` is None for a study in a folder; for a study on a PACS it says where the reader
+    fetches it and its record (`plugin.sweep.servers.ServerStudy`), and ``dicom`` is the folder
+    the readers fetch into."""
 
     study_instance_uid: str
     patient_id: str | None
@@ -43,6 +54,7 @@ class SweepUnit:
     dicom: Path  # a folder (or file) holding the study; other studies there are ignored
     bundle: Path | None
     inputs: Mapping[str, str] = field(default_factory=dict)
+    source: ServerStudy | None = None
 
     @property
     def fingerprint(self) -> str:
