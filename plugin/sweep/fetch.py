@@ -146,6 +146,6 @@ def load_server_case(unit: SweepUnit, strictness: Strictness | str = Strictness.
     ``crosscheck check`` would link them; without a record when the unit names no Patient."""
     source = _source(unit)
     reader = _reader_for(source.settings)
-    study = reader.study(unit, source, strictness)
+    study = reader.study(unit, source, strictness).decoding_once()
     records = [] if source.fhir_patient is None else [reader.record(unit, source.fhir_patient, strictness)]
     return link_cases([study], records)[0]

@@ -25,6 +25,7 @@ from fusion.checks.duplicates import ImageFingerprint, fingerprint
 from fusion.features import CaseFeatures
 from fusion.model.factory import Preprocess
 from fusion.result import CaseRef, Finding
+from plugin.store import Timeline
 from plugin.sweep.fetch import load_server_case, load_server_study
 from plugin.sweep.units import SweepUnit
 
@@ -62,7 +63,8 @@ class ReaderConfig:
 class Prepared:
     """One study ready for the model: its features, the findings of every rule-based check but
     the duplicate one (most severe first, as `fusion.checks.run_checks` orders them), and its
-    image's perceptual hashes (``image``; None: no pixels, or undecodable)."""
+    image's perceptual hashes (``image``; None: no pixels, or undecodable) and the record
+    snapshot kept with the result (``timeline``)."""
 
     unit: SweepUnit
     ref: CaseRef
@@ -71,6 +73,7 @@ class Prepared:
     feature_ms: float
     checks_ms: float
     image: ImageFingerprint | None = None
+    timeline: Timeline | None = None  # the record snapshot stored with the result
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,15 @@ def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
         logger.debug("study %s could not be read: %s", unit.study_instance_uid, type(exc).__name__)
         return Failed(unit, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
-    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image)
+    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, _timeline(unit, case))
+
+
+def _timeline(unit: SweepUnit, case: Case) -> Timeline | None:
+    try:
+        return Timeline.from_case(case)
+    except Exception as exc:  # the result is stored without its snapshot rather than not at all
+        logger.debug("study %s: no record snapshot (%s)", unit.study_instance_uid, type(exc).__name__)
+        return None
 
 
 def _fingerprint(unit: SweepUnit, study: Study) -> ImageFingerprint | None:

@@ -34,7 +34,7 @@ from fusion.scorer import with_check_findings
 from plugin.store import CaseQueue, Store, StoredResult
 from plugin.sweep.local import LocalEngine
 from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig
-from plugin.sweep.scoring import DUPLICATE_FAMILY, Amendment
+from plugin.sweep.scoring import DUPLICATE_FAMILY, Amendment, Swept
 from plugin.sweep.units import SweepUnit
 
 if TYPE_CHECKING:
@@ -121,12 +121,14 @@ def run_sweep(
         sweep_id = store.start_sweep(model=info, description=description, studies=len(units))
         with tqdm(total=len(todo), desc="sweep", unit="study", disable=not progress) as bar:
             for batch, amendments in engine.results(todo):
-                items = [(b[1], b[0].inputs) for b in batch if not isinstance(b, Failed)]
+                swept = [b for b in batch if isinstance(b, Swept)]
+                items = [(b.result, b.unit.inputs) for b in swept]
                 failures += [(b.unit.study_instance_uid, b.reason) for b in batch if isinstance(b, Failed)]
                 amended = _amended(store, amendments, info.sha256)
                 if items or amended:
                     changes = [(r.id, r.result) for r in amended]
-                    stored += store.save_sweep_results(sweep_id, items, amended=changes)
+                    timelines = [b.timeline for b in swept]
+                    stored += store.save_sweep_results(sweep_id, items, amended=changes, timelines=timelines)
                     flagged = [r.inputs for r in amended if r.result.flagged]
                     _open_cases(store, [*(inputs for r, inputs in items if r.flagged), *flagged], info.sha256)
                 bar.update(len(batch))

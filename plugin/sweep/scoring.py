@@ -27,13 +27,24 @@ from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, dupl
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import CrossCheckResult, Finding, ModelInfo
 from fusion.scorer import Scorer
+from plugin.store import Timeline
 from plugin.sweep.prepare import Failed, Fingerprinted, Prepared
 from plugin.sweep.units import SweepUnit
 
-__all__ = ["DUPLICATE_FAMILY", "Amendment", "Scored", "SweepScorer"]
+__all__ = ["DUPLICATE_FAMILY", "Amendment", "Scored", "SweepScorer", "Swept"]
 
-#: A study scored (its unit and result) or one that could not be read.
-Scored = tuple[SweepUnit, CrossCheckResult] | Failed
+
+@dataclass(frozen=True)
+class Swept:
+    """A study scored: its unit, its result and the record snapshot to keep with it."""
+
+    unit: SweepUnit
+    result: CrossCheckResult
+    timeline: Timeline | None = None
+
+
+#: A study scored, or one that could not be read.
+Scored = Swept | Failed
 
 #: The finding codes of the duplicate check start with it (`fusion.scorer.with_check_findings`).
 DUPLICATE_FAMILY = "duplicate"
@@ -113,7 +124,9 @@ class SweepScorer:
         prepared = [i for i in items if isinstance(i, Prepared)]
         scored, amendments = self.score(prepared)
         results = iter(scored)
-        return [i if isinstance(i, Failed) else (i.unit, next(results)) for i in items], amendments
+        return [
+            i if isinstance(i, Failed) else Swept(i.unit, next(results), i.timeline) for i in items
+        ], amendments
 
     def _add(
         self, unit_fingerprint: str, patient_key: str, patient_id: str | None, image: ImageFingerprint

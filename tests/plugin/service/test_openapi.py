@@ -29,6 +29,7 @@ from tests.plugin.service.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 
+
 @schemathesis.serializer("multipart/related")
 def _stow_body(ctx: Any, value: Any) -> bytes:
     """A STOW-RS body as generated: its raw bytes (a string or bytes, per the schema's binary)."""

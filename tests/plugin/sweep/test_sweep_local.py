@@ -49,7 +49,11 @@ def test_sweep_stores_one_result_per_study_like_check(
     flagged = {r["case"]["study_instance_uid"] for r in stored if r["flagged"]}
     with Store.open(tmp_path / "crosscheck.db") as store:
         cases = CaseQueue(store).cases(limit=100)
+        with sqlite3.connect(tmp_path / "crosscheck.db") as con:
+            ids = [i for (i,) in con.execute("SELECT id FROM results")]
+        timelines = [store.timeline(i) for i in ids]
     assert {c.study_instance_uid for c in cases} == flagged  # every flagged result is in the queue
+    assert all(t is not None and t.entries for t in timelines)  # each with its record snapshot
 
 
 def test_a_second_sweep_skips_what_is_stored(cohort: Path, tmp_path: Path, sweep_rows: Rows) -> None:
