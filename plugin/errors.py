@@ -28,7 +28,10 @@
      +-- RequestInvalid            a request to the service that cannot be answered as sent (400)
      +-- ApiAuthenticationError    a REST call without a valid API key or bearer token (401)
      +-- ReportError               a case report (``crosscheck report``) that cannot be written
-          +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
+     |    +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
+     +-- FineTuneError             ``crosscheck finetune`` cannot work with the labels and studies given
+          +-- LabelsFileInvalid    the labels file is missing, not JSON, or has an unusable entry
+          +-- LabelledStudiesNotFound  none of the labelled studies is in the folder given
 
 Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch below
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
@@ -59,7 +62,10 @@ __all__ = [
     "DuplicateCard",
     "DuplicateUser",
     "FieldProblem",
+    "FineTuneError",
     "InvalidWriteBack",
+    "LabelledStudiesNotFound",
+    "LabelsFileInvalid",
     "MigrationFailed",
     "PdfRendererMissing",
     "PluginError",
@@ -211,6 +217,23 @@ class ReportError(PluginError):
 
 class PdfRendererMissing(ReportError):
     """A PDF report asked for where Playwright or Debian's Chromium is not installed."""
+
+
+# -- fine-tuning on labels (plugin.finetune) ----------------------------------------------------
+
+
+class FineTuneError(PluginError):
+    """``crosscheck finetune`` cannot work with the labels and studies given (e.g. no label that can
+    train a head)."""
+
+
+class LabelsFileInvalid(FineTuneError):
+    """The labels file is missing, not JSON, not ``{"labels": [...]}``, or has an entry that is not a
+    label (the message names the entry and the field)."""
+
+
+class LabelledStudiesNotFound(FineTuneError):
+    """None of the labelled studies is in the folder given (matched by StudyInstanceUID)."""
 
 
 # -- CDS Hooks calls (plugin.cds) ---------------------------------------------------------------
