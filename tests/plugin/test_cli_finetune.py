@@ -15,6 +15,7 @@ import torch
 
 from connectors.domain import Case
 from fusion.model.bundle import default_bundle_path, load_bundle
+from fusion.result import CaseRef, CrossCheckResult, Scores
 from fusion.scorer import Scorer
 from plugin.cli import main
 from plugin.cohort import load_cohort
@@ -27,7 +28,8 @@ from plugin.finetune import (
     read_labels,
     targeted_case,
 )
-from plugin.store import FabricationKind, LabelSource, TrainingLabel
+from plugin.store import CaseQueue, FabricationKind, LabelSource, Store, TrainingLabel, Users
+from plugin.store.users import ScryptParams
 
 #: The cohort's manipulated studies the shipped model flags, and the kind an investigator would record.
 KINDS = {"synthetic": "synthetic", "finding-injected": "tampered", "wrong-patient": "wrong-patient"}
@@ -224,6 +226,67 @@ def test_confirmed_genuine_labels_bring_the_flagged_studies_scores_down(
         1,
     )
     assert parent_bundle.sha256 in (tmp_path / "ft" / "MODEL_CARD.md").read_text()
+
+
+def test_the_labels_file_of_crosscheck_labels_fine_tunes(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dispositions recorded in the queue -> ``crosscheck labels`` -> ``crosscheck finetune``."""
+    for name in ("CROSSCHECK_DATABASE_URL", "CROSSCHECK_DATA_DIR", "CROSSCHECK_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    db = f"sqlite:///{tmp_path / 'crosscheck.db'}"
+    wrong_patient, synthetic = (
+        next(e for e in _flagged(cohort) if e["manipulation"] == kind)
+        for kind in ("wrong-patient", "synthetic")
+    )
+    with Store.open(db) as store:
+        Users(store, params=ScryptParams(n=2**4, r=1, p=1)).create_user("alice", "correct horse battery")
+        queue = CaseQueue(store)
+        for entry, status, kind in (
+            (wrong_patient, "confirmed-fabricated", "wrong-patient"),
+            (synthetic, "confirmed-genuine", None),
+        ):
+            result = CrossCheckResult(
+                case=CaseRef(entry["patient_id"], entry["study_instance_uid"]),
+                scores=Scores(0.1, 0.9, 0.95),
+                flagged=True,
+                threshold=0.5,
+                findings=(),
+                model=None,
+            )
+            case = queue.open_case_for(store.save_result(result, source="sweep"))
+            assert case is not None
+            queue.update_case(
+                case.id,
+                actor="alice",
+                expected_version=1,
+                status=status,
+                fabrication_kind=kind,
+                note="checked",
+            )
+    labels = tmp_path / "labels.json"
+    assert main(["labels", "--database", db, "--out", str(labels)]) == 0
+    out = tmp_path / "ft"
+    assert (
+        main(
+            [
+                "finetune",
+                "--labels",
+                str(labels),
+                "--studies",
+                str(cohort),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "2 labels in" in printed and "2 used, 0 skipped" in printed
+    assert "clean (1):" in printed and "wrong-patient (1):" in printed
+    assert json.loads((out / "config.json").read_text())["fine_tuned"]["labels"]["used"] == 2
 
 
 def test_finetune_errors_are_one_line_and_exit_2(
