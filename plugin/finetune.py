@@ -46,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +241,7 @@ def run_finetune(
     """``crosscheck finetune`` (see the module docstring); prints what it did, returns 0."""
     if epochs < 1 or batch_size < 1:
         raise FineTuneError("--epochs and --batch-size must be at least 1")
-    if not lr > 0:
+    if not (math.isfinite(lr) and lr > 0):
         raise FineTuneError("--lr must be a positive number")
     if replay_ratio < 0 or calibration_cases < 0:
         raise FineTuneError("--replay-ratio and --calibration-cases must not be negative")

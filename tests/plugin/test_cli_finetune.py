@@ -322,5 +322,6 @@ def test_finetune_errors_are_one_line_and_exit_2(
     assert not (tmp_path / "o").exists()
     assert run(elsewhere, "--epochs", "0") == 2
     _one_error_line(capsys, "--epochs")
-    assert run(elsewhere, "--lr", "-1") == 2
-    _one_error_line(capsys, "--lr")
+    for bad in ("-1", "nan", "inf"):
+        assert run(elsewhere, "--lr", bad) == 2
+        _one_error_line(capsys, "--lr")
