@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from fusion.model.factory import Preprocess, create_model, resolve_device
 from fusion.model.fusion import CrossCheckModel
 
 __all__ = [  # constants (PIXEL_MANIPULATIONS ...) stay importable but unlisted: ruff and sorted() differ
+    "HeadTargets",
     "LabelledCase",
     "TrainReport",
     "learning_rate",
@@ -67,6 +68,22 @@ log = logging.getLogger(__name__)
 PIXEL_MANIPULATIONS = frozenset({"synthetic", "finding-injected", "finding-removed"})
 INCONSISTENT_MANIPULATIONS = frozenset({"wrong-patient", "finding-injected", "finding-removed"})
 _TOKEN_FIELDS = ("token_kind", "token_code", "token_value", "token_time", "token_present")
+
+
+class HeadTargets(Protocol):
+    """What the loss needs of a training example besides its features: the target of each head
+    (``None``: that head learns nothing from it), and whether it is a ``genuine`` true image-record
+    pair, whose perturbed records are consistency negatives and which counts as clean when the
+    threshold is set. `LabelledCase` is one; `fusion.finetune.TargetedCase` another."""
+
+    @property
+    def consistency_target(self) -> float | None: ...
+
+    @property
+    def synthetic_target(self) -> float | None: ...
+
+    @property
+    def genuine(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,11 @@ class LabelledCase:
     @property
     def synthetic_target(self) -> float:
         return 1.0 if self.manipulation in PIXEL_MANIPULATIONS else 0.0
+
+    @property
+    def genuine(self) -> bool:
+        """A clean case: its image with its own record."""
+        return self.label == "clean"
 
 
 @dataclass(frozen=True)
@@ -319,7 +341,7 @@ def _batch_loss(
     preprocess: Preprocess,
     idx: Sequence[int],
     features: Sequence[CaseFeatures],
-    labels: Sequence[LabelledCase],
+    labels: Sequence[HeadTargets],
     pool: _Pool,
     rng: np.random.Generator,
     device: torch.device,
@@ -340,7 +362,7 @@ def _batch_loss(
         pos_tokens.append(tok)
         pos_target.append(target)
         pos_rows.append(row)
-        if labels[i].label == "clean":
+        if labels[i].genuine:
             made = perturb_record(i, features, pool, rng)
             if made is not None:
                 neg_tokens.append(made[1])
@@ -348,10 +370,18 @@ def _batch_loss(
     image_tokens, image_pooled = model.encode_image(batch["image"], batch["modality"])
     forensic, heatmap = model.encode_forensic(batch["forensic"])
     syn_logit = model.synthetic_logit(forensic, image_pooled)
-    syn_target = torch.tensor([labels[i].synthetic_target for i in idx], device=device)
-    loss = F.binary_cross_entropy_with_logits(syn_logit.float(), syn_target)
     heat_max = heatmap.flatten(1).max(dim=1).values
-    loss = loss + 0.5 * F.binary_cross_entropy_with_logits(heat_max.float(), syn_target)
+    syn_targets = [labels[i].synthetic_target for i in idx]
+    syn_rows = [row for row, t in enumerate(syn_targets) if t is not None]
+    if len(syn_rows) < len(idx):  # examples whose label says nothing about the pixels
+        keep = torch.tensor(syn_rows, dtype=torch.long, device=device)
+        syn_logit, heat_max = syn_logit[keep], heat_max[keep]
+    syn_target = torch.tensor([t for t in syn_targets if t is not None], device=device)
+    if syn_rows:
+        loss = F.binary_cross_entropy_with_logits(syn_logit.float(), syn_target)
+        loss = loss + 0.5 * F.binary_cross_entropy_with_logits(heat_max.float(), syn_target)
+    else:  # a zero that keeps the graph
+        loss = syn_logit.float().sum() * 0.0
     logits, targets = [], []
     for rows, toks, tgt in (
         (pos_rows, pos_tokens, pos_target),
@@ -365,7 +395,7 @@ def _batch_loss(
             targets.append(torch.tensor(tgt, device=device))
     if logits:
         loss = loss + F.binary_cross_entropy_with_logits(torch.cat(logits).float(), torch.cat(targets))
-    return loss, {"n_pos": len(pos_rows), "n_neg": len(neg_rows)}
+    return loss, {"n_pos": len(pos_rows), "n_neg": len(neg_rows), "n_synthetic": len(syn_rows)}
 
 
 def learning_rate(step: int, total_steps: int, peak: float) -> float:
@@ -378,6 +408,58 @@ def learning_rate(step: int, total_steps: int, peak: float) -> float:
         return peak * (step + 1) / warm
     progress = min(1.0, (step - warm) / max(1, total_steps - warm))
     return peak * (0.04 + 0.96 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    lr: float  # the peak of `learning_rate`
+    seed: int
+
+
+def _run_epoch(
+    model: CrossCheckModel,
+    opt: torch.optim.Optimizer,
+    preprocess: Preprocess,
+    features: Sequence[CaseFeatures],
+    labels: Sequence[HeadTargets],
+    pool: _Pool,
+    train_idx: Sequence[int],
+    epoch: int,
+    schedule: _Schedule,
+    device: torch.device,
+    progress: bool,
+) -> float:
+    """One pass over ``train_idx`` in a seeded order (`learning_rate` per step); the mean loss."""
+    model.train()
+    rng = np.random.default_rng([schedule.seed, epoch])
+    order = rng.permutation(np.asarray(train_idx))
+    total_steps = schedule.epochs * schedule.steps_per_epoch
+    batch_size = schedule.batch_size
+    total, count = 0.0, 0
+    bar = tqdm(
+        range(0, len(order), batch_size),
+        desc=f"epoch {epoch + 1}/{schedule.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for start in bar:
+        idx = [int(i) for i in order[start : start + batch_size]]
+        step = epoch * schedule.steps_per_epoch + start // batch_size
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, total_steps, schedule.lr)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = _batch_loss(model, preprocess, idx, features, labels, pool, rng, device, augment=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
 
 
 def _checkpoint_state(
@@ -492,7 +574,6 @@ def _train(
     pool = _pool(features, train_idx)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total_steps = epochs * steps_per_epoch
     losses: list[float] = []
     start_epoch = 0
     ckpt_path = out / "checkpoint.pt"
@@ -509,34 +590,14 @@ def _train(
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s at epoch %d", ckpt_path, start_epoch)
 
-    use_amp = dev.type == "cuda"
     t1 = time.perf_counter()
+    schedule = _Schedule(epochs, batch_size, steps_per_epoch, lr, seed)
     for epoch in range(start_epoch, epochs):
-        model.train()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(np.asarray(train_idx))
-        total, count = 0.0, 0
-        bar = tqdm(
-            range(0, len(order), batch_size),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not progress,
-            leave=False,
+        losses.append(
+            _run_epoch(
+                model, opt, preprocess, features, cases, pool, train_idx, epoch, schedule, dev, progress
+            )
         )
-        for start in bar:
-            idx = [int(i) for i in order[start : start + batch_size]]
-            step = epoch * steps_per_epoch + start // batch_size
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, total_steps, lr)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, _ = _batch_loss(model, preprocess, idx, features, cases, pool, rng, dev, augment=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        losses.append(total / max(count, 1))
         log.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
         torch.save(_checkpoint_state(model, opt, epoch, losses, seed, len(cases)), ckpt_path)
     seconds_training = time.perf_counter() - t1
@@ -585,7 +646,7 @@ def _calibrate(
     model: CrossCheckModel,
     preprocess: Preprocess,
     features: Sequence[CaseFeatures],
-    cases: Sequence[LabelledCase],
+    cases: Sequence[HeadTargets],
     cal_idx: Sequence[int],
     pool: _Pool,
     seed: int,
@@ -611,13 +672,14 @@ def _calibrate(
         for row, i in enumerate(idx):
             lc = cases[i]
             cl, sl = float(out.consistency_logit[row]), float(out.synthetic_logit[row])
-            s_logits.append(sl)
-            s_labels.append(lc.synthetic_target)
+            if lc.synthetic_target is not None:
+                s_logits.append(sl)
+                s_labels.append(lc.synthetic_target)
             target = lc.consistency_target
             if target is not None:
                 c_logits.append(cl)
                 c_labels.append(target)
-            if lc.label == "clean":
+            if lc.genuine:
                 clean_c.append(cl)
                 clean_s.append(sl)
                 clean_rec.append(features[i].has_record)

@@ -149,6 +149,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from plugin.finetune import run_finetune
+
+    return run_finetune(
+        labels=Path(args.labels),
+        studies=Path(args.studies),
+        out=Path(args.out),
+        model=Path(args.model) if args.model else None,
+        data=Path(args.data) if args.data else None,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        replay_ratio=args.replay_ratio,
+        calibration_cases=args.calibration_cases,
+        seed=args.seed,
+        device=args.device,
+        version=args.version,
+        strictness=args.strictness,
+        progress=not args.quiet,
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from plugin.training import run_evaluate
 
@@ -506,7 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="comma-separated resource types (default: all)")
     add_server_arguments(p, dimse=False)
 
-    p = add("train", _cmd_train, "Train the fusion model on a cohort folder and write a model bundle.")
+    p = add(
+        "train",
+        _cmd_train,
+        "Train the fusion model on a cohort folder and write a model bundle "
+        "(to fine-tune one on investigators' labels: `crosscheck finetune`).",
+    )
     p.add_argument("--data", required=True, help="cohort folder (from `crosscheck simulate`)")
     p.add_argument("--eval-data", help="held-out cohort for the model card (default: a split of --data)")
     p.add_argument("--out", default="model-bundle", help="bundle folder to write (default ./model-bundle)")
@@ -522,6 +549,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-family",
         help="leave these generator families (comma-separated, e.g. gan) out of training, "
         "to measure detection of a family the model never saw",
+    )
+
+    p = add(
+        "finetune",
+        _cmd_finetune,
+        "Fine-tune a model bundle on the investigators' labels (`crosscheck labels`): each label's study "
+        "found by StudyInstanceUID in --studies, mixed with replay of the training cohort (--data).",
+    )
+    p.add_argument("--labels", required=True, help="labels file written by `crosscheck labels --out`")
+    p.add_argument(
+        "--studies",
+        required=True,
+        help="folder holding the labelled studies: the folder a sweep scored, a cohort folder, or any "
+        "folder of FHIR Bundles and DICOM (as `crosscheck check` reads)",
+    )
+    p.add_argument("--model", help="model bundle to start from (default: the bundled model)")
+    p.add_argument(
+        "--data",
+        help="the cohort the model was trained on (manifest labels): replay cases mixed in, and held-out "
+        "cases to fit the calibration again (default: none; the parent's calibration is kept)",
+    )
+    p.add_argument(
+        "--out", default="model-finetuned", help="bundle folder to write (default ./model-finetuned)"
+    )
+    p.add_argument("--epochs", type=int, default=5, help="passes over labelled + replay cases (default 5)")
+    p.add_argument(
+        "--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4, a quarter of training's)"
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--replay-ratio", type=int, default=3, help="replay cases per labelled study (default 3)")
+    p.add_argument(
+        "--calibration-cases",
+        type=int,
+        default=200,
+        help="held-out cases of --data to fit the calibration on (default 200; fewer than 20 clean: kept)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--version", help="version of the new bundle (default: the parent's +ft.<labels sha256>)")
+    p.add_argument(
+        "--strictness",
+        choices=("raise", "warn", "ignore"),
+        default="warn",
+        help="an invalid FHIR resource or DICOM file in --studies: stop (raise) or skip it (warn, ignore)",
     )
 
     p = add("evaluate", _cmd_evaluate, "Evaluate a model bundle on a labelled cohort folder.")

@@ -32,7 +32,10 @@
      +-- ReportError               a case report (``crosscheck report``) that cannot be written
      |    +-- PdfRendererMissing   a PDF asked for without Playwright and Chromium installed
      +-- SweepError                a sweep (``crosscheck sweep``) that cannot run as asked
-          +-- EmptySelection       a server sweep whose filters match no study on the PACS
+     |    +-- EmptySelection       a server sweep whose filters match no study on the PACS
+     +-- FineTuneError             ``crosscheck finetune`` cannot work with the labels and studies given
+          +-- LabelsFileInvalid    the labels file is missing, not JSON, or has an unusable entry
+          +-- LabelledStudiesNotFound  none of the labelled studies is in the folder given
 
 Each area of the plugin (CDS Hooks, write-back, the store) adds its own branch below
 ``PluginError``; the service maps the branches to HTTP answers in one exception handler
@@ -65,7 +68,10 @@ __all__ = [
     "DuplicateUser",
     "EmptySelection",
     "FieldProblem",
+    "FineTuneError",
     "InvalidWriteBack",
+    "LabelledStudiesNotFound",
+    "LabelsFileInvalid",
     "MigrationFailed",
     "PdfRendererMissing",
     "PluginError",
@@ -241,6 +247,23 @@ class SweepError(PluginError):
 class EmptySelection(SweepError):
     """A server sweep whose filters (StudyDate range, ModalitiesInStudy, PatientIDs, AccessionNumbers)
     match no study on the PACS; the message names the filters, never the identifiers."""
+
+
+# -- fine-tuning on labels (plugin.finetune) ----------------------------------------------------
+
+
+class FineTuneError(PluginError):
+    """``crosscheck finetune`` cannot work with the labels and studies given (e.g. no label that can
+    train a head)."""
+
+
+class LabelsFileInvalid(FineTuneError):
+    """The labels file is missing, not JSON, not ``{"labels": [...]}``, or has an entry that is not a
+    label (the message names the entry and the field)."""
+
+
+class LabelledStudiesNotFound(FineTuneError):
+    """None of the labelled studies is in the folder given (matched by StudyInstanceUID)."""
 
 
 # -- CDS Hooks calls (plugin.cds) ---------------------------------------------------------------

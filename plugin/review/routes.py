@@ -40,7 +40,17 @@ from plugin.review.imaging import StudyImages, Window, auto_window, frame_pixels
 from plugin.review.imaging import series_frames as _series_frames
 from plugin.review.session import COOKIE_NAME, ReviewSession, SessionManager, load_secret
 from plugin.service.state import ServiceState, get_state
-from plugin.store import Actor, ActorKind, AuditAction, Case, CaseOrder, CaseQueue, CaseStatus, Users
+from plugin.store import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    Case,
+    CaseOrder,
+    CaseQueue,
+    CaseStatus,
+    FabricationKind,
+    Users,
+)
 
 __all__ = [
     "PAGE_SIZE",
@@ -89,6 +99,7 @@ def templates() -> Environment:
         lstrip_blocks=True,
     )
     env.globals["statuses"] = list(CaseStatus)
+    env.globals["fabrication_kinds"] = list(FabricationKind)
     return env
 
 
@@ -416,15 +427,20 @@ async def disposition(
     status: str = Form(default=""),
     assignee: str = Form(default=""),
     note: str = Form(default="", max_length=20_000),
+    fabrication_kind: str = Form(default=""),
 ) -> Response:
     state, parts, session, user_name = await _posted(request, csrf_token)
     case = await _case_or_404(state, case_id)
     if case is None:
         return _page(parts, "missing.html.j2", status=404, session=session, what=f"case {case_id}")
-    form = {"status": status, "assignee": assignee, "note": note}
+    form = {"status": status, "assignee": assignee, "note": note, "fabrication_kind": fabrication_kind}
     try:
         new_status = CaseStatus(status) if status else None
         new_assignee = assignee or None
+        # the kind is taken with confirmed-fabricated only; "" is "not said"
+        kind = fabrication_kind or None  # the queue checks it (a StrEnum compares equal to its value)
+        fabricated = (new_status or case.status) is CaseStatus.CONFIRMED_FABRICATED
+        kind_changes = fabricated and kind != case.fabrication_kind
         await asyncio.to_thread(
             partial(
                 CaseQueue(state.store).update_case,
@@ -435,6 +451,8 @@ async def disposition(
                 assignee=None if new_assignee == case.assignee else new_assignee,
                 unassign=new_assignee is None and case.assignee is not None,
                 note=note.strip() or None,
+                fabrication_kind=kind if kind_changes else None,
+                clear_fabrication_kind=kind_changes and kind is None,
             )
         )
     except StaleCase as exc:

@@ -26,6 +26,12 @@ when none is given). ``cases(order_by="rank")`` lists the highest first.
 
 A disposition (the three closed statuses) and a reopening need a ``note`` saying why.
 
+**What kind of fabrication** (:class:`FabricationKind`: a synthetic image, a tampered image, an
+image of another patient or filed under the wrong record, other or unknown) may go with
+``confirmed-fabricated``, given with the disposition or later (a change that needs a note too);
+a case that leaves ``confirmed-fabricated`` loses it (an event records that). It makes the
+disposition's training label precise enough to say which of the model's heads was wrong.
+
 **Nothing is deleted.** Every change is a :class:`CaseEvent` (who, when, field, old and new
 value, note); comments are never edited: a correction is a new :class:`CaseComment` that
 ``supersedes`` the old one, at most once. The database refuses UPDATE and DELETE on both
@@ -77,6 +83,7 @@ __all__ = [
     "CaseOrder",
     "CaseQueue",
     "CaseStatus",
+    "FabricationKind",
     "HistoryEntry",
     "LabelSource",
     "TrainingLabel",
@@ -122,6 +129,33 @@ TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
 }
 
 
+class FabricationKind(StrEnum):
+    """What the investigators found fabricated, given with a ``confirmed-fabricated`` disposition.
+
+    ``synthetic``: the image was made by a generative model, not acquired; ``tampered``: an acquired
+    image was altered (a finding injected or removed); ``wrong-patient``: the image is another
+    patient's, or filed under the wrong record; ``other``: something else, or not known.
+    """
+
+    SYNTHETIC = "synthetic"
+    TAMPERED = "tampered"
+    WRONG_PATIENT = "wrong-patient"
+    OTHER = "other"
+
+    @property
+    def description(self) -> str:
+        """The words the review page's disposition form offers it with."""
+        return _KIND_WORDS[self]
+
+
+_KIND_WORDS = {
+    FabricationKind.SYNTHETIC: "synthetic image (generated, not acquired)",
+    FabricationKind.TAMPERED: "tampered image (a finding injected or removed)",
+    FabricationKind.WRONG_PATIENT: "image of another patient / wrong record",
+    FabricationKind.OTHER: "other or unknown",
+}
+
+
 class CaseOrder(StrEnum):
     """How :meth:`CaseQueue.cases` sorts: ``rank`` (score x cost weight) or ``score``, highest
     first; ``created``, newest first. Ties go to the older case."""
@@ -142,7 +176,8 @@ class LabelSource(StrEnum):
 @dataclass(frozen=True)
 class Case:
     """A case of the queue: the flagged result it stands for, the study's identifiers, its status,
-    assignee (a user name) and rank fields, and ``version`` for :meth:`CaseQueue.update_case`."""
+    assignee (a user name) and rank fields, ``version`` for :meth:`CaseQueue.update_case`, and
+    the kind of fabrication confirmed (``None`` unless ``confirmed-fabricated`` with a kind)."""
 
     id: int
     result_id: str
@@ -156,6 +191,7 @@ class Case:
     created_at: datetime
     updated_at: datetime
     version: int
+    fabrication_kind: FabricationKind | None = None
 
     @property
     def rank(self) -> float:
@@ -166,8 +202,8 @@ class Case:
 @dataclass(frozen=True)
 class CaseEvent:
     """One change of a case: ``field`` (``status``, ``assignee``, ``result_id``, ``score_overall``,
-    ``cost_weight``, ``patient_id``, ``accession_number``) went from ``old`` to ``new`` (as text,
-    ``None`` for none), by ``actor``, with the ``note`` given with it."""
+    ``cost_weight``, ``patient_id``, ``accession_number``, ``fabrication_kind``) went from ``old``
+    to ``new`` (as text, ``None`` for none), by ``actor``, with the ``note`` given with it."""
 
     id: int
     case_id: int
@@ -200,9 +236,11 @@ HistoryEntry = CaseEvent | CaseComment
 @dataclass(frozen=True)
 class TrainingLabel:
     """A label for fine-tuning: the study (StudyInstanceUID, patient id), ``manipulated`` or
-    ``clean``, where it came from, and the result and model (sha256) that scored it.
+    ``clean``, where it came from, the result and model (sha256) that scored it, and for a
+    ``manipulated`` label the kind of fabrication confirmed, when the investigators said.
 
-    ``to_json`` gives the entry of ``crosscheck labels``' output file.
+    ``to_json`` gives the entry of ``crosscheck labels``' output file; ``from_json`` reads one back
+    (``ValueError`` saying which field is wrong).
     """
 
     study_instance_uid: str
@@ -211,16 +249,56 @@ class TrainingLabel:
     source: LabelSource
     model_sha256: str | None
     result_id: str
+    fabrication_kind: FabricationKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.label not in ("clean", "manipulated"):
+            raise ValueError(f"label must be 'clean' or 'manipulated', not {self.label!r}")
+        if self.fabrication_kind is not None and self.label != "manipulated":
+            raise ValueError("only a 'manipulated' label has a fabrication_kind")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "study_instance_uid": self.study_instance_uid,
             "patient_id": self.patient_id,
             "label": self.label,
+            "fabrication_kind": None if self.fabrication_kind is None else self.fabrication_kind.value,
             "source": self.source.value,
             "model_sha256": self.model_sha256,
             "result_id": self.result_id,
         }
+
+    @classmethod
+    def from_json(cls, data: Any) -> TrainingLabel:
+        """A label from an entry of ``crosscheck labels``' file (``fabrication_kind`` may be absent:
+        files written before it existed)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a label is a JSON object, not {type(data).__name__}")
+        uid = data.get("study_instance_uid")
+        if not isinstance(uid, str) or not uid.strip():
+            raise ValueError("study_instance_uid must be a non-empty string")
+        label = data.get("label")
+        if label not in ("clean", "manipulated"):
+            raise ValueError(f"label must be 'clean' or 'manipulated', not {label!r}")
+        kind = data.get("fabrication_kind")
+        if kind is not None and not isinstance(kind, str):
+            raise ValueError(f"fabrication_kind must be a string or null, not {kind!r}")
+        source = data.get("source", LabelSource.DISPOSITION.value)
+        if source not in set(LabelSource):
+            raise ValueError(f"source must be {' or '.join(s.value for s in LabelSource)}, not {source!r}")
+        optional = {name: data.get(name) for name in ("patient_id", "model_sha256", "result_id")}
+        for name, value in optional.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or null")
+        return cls(
+            study_instance_uid=uid.strip(),
+            patient_id=optional["patient_id"],
+            label=label,
+            source=LabelSource(source),
+            model_sha256=optional["model_sha256"],
+            result_id=optional["result_id"] or "",
+            fabrication_kind=None if kind is None else _fabrication_kind(kind),
+        )
 
 
 class CaseQueue:
@@ -432,10 +510,14 @@ class CaseQueue:
         assignee: str | None = None,
         unassign: bool = False,
         note: str | None = None,
+        fabrication_kind: FabricationKind | str | None = None,
+        clear_fabrication_kind: bool = False,
     ) -> Case:
-        """Change a case's status and/or assignee (``unassign`` clears it), as ``actor`` (a user
-        name), if it is still at ``expected_version``; the events and the audit record are written
-        in the same transaction. Returns the case as it now is (its version one higher).
+        """Change a case's status, assignee (``unassign`` clears it) and/or the kind of fabrication
+        confirmed (with ``confirmed-fabricated`` only; ``clear_fabrication_kind`` sets it back to
+        not said), as ``actor`` (a user name), if it is still at ``expected_version``; the events and
+        the audit record are written in the same transaction. Returns the case as it now is (its
+        version one higher). A case that leaves ``confirmed-fabricated`` loses its kind.
 
         Raises :class:`~plugin.errors.CaseNotFound`, :class:`~plugin.errors.StaleCase` when the
         case changed since it was read, :class:`~plugin.errors.CaseChangeRefused` for a change the
@@ -444,6 +526,9 @@ class CaseQueue:
         new_status = None if status is None else CaseStatus(status)
         if assignee is not None and unassign:
             raise ValueError("give assignee or unassign=True, not both")
+        new_kind = None if fabrication_kind is None else _fabrication_kind(fabrication_kind)
+        if new_kind is not None and clear_fabrication_kind:
+            raise ValueError("give fabrication_kind or clear_fabrication_kind=True, not both")
         note = _text("note", note) if note is not None else None
         new_assignee = None if assignee is None else _user_name(assignee)
         with self._store._transaction(write=True) as session:
@@ -462,10 +547,11 @@ class CaseQueue:
                 changes["assignee"] = new_assignee
             if unassign and row.assignee is not None:
                 changes["assignee"] = None
+            changes.update(_kind_change(row, new_status or current, new_kind, clear_fabrication_kind, note))
             if not changes:
                 raise ValueError(
-                    f"case {case_id} already has this status and assignee: nothing to change "
-                    "(a remark without a change is a comment)"
+                    f"case {case_id} already has this status, assignee and fabrication kind: nothing to "
+                    "change (a remark without a change is a comment)"
                 )
             now = self._store._now()
             fields = self._apply(session, row, changes, actor, now, note, expected_version=expected_version)
@@ -568,15 +654,15 @@ class CaseQueue:
     def training_labels(self) -> list[TrainingLabel]:
         """Labels for fine-tuning, one per study, ordered by StudyInstanceUID.
 
-        ``confirmed-fabricated`` -> ``manipulated``, ``confirmed-genuine`` -> ``clean`` (the case's
-        result); a CDS Hooks feedback ``overridden`` with a reason in
-        :data:`CLEAN_OVERRIDE_CODES` -> ``clean`` (the result its Card came from; the newest
-        such feedback of a study). A disposition wins over feedback for the same study: it is
-        the investigators' deliberate finding.
+        ``confirmed-fabricated`` -> ``manipulated`` with the case's fabrication kind (``None`` when
+        not said), ``confirmed-genuine`` -> ``clean`` (the case's result); a CDS Hooks feedback
+        ``overridden`` with a reason in :data:`CLEAN_OVERRIDE_CODES` -> ``clean`` (the result its Card
+        came from; the newest such feedback of a study). A disposition wins over feedback for the
+        same study: it is the investigators' deliberate finding.
         """
         labels: dict[str, TrainingLabel] = {}
         dispositions = (
-            sa.select(CaseRow.status, ResultRow)
+            sa.select(CaseRow.status, CaseRow.fabrication_kind, ResultRow)
             .join(ResultRow, ResultRow.id == CaseRow.result_id)
             .where(
                 CaseRow.status.in_(
@@ -600,11 +686,16 @@ class CaseQueue:
         with self._store._transaction(write=False) as session:
             for result in session.scalars(feedback):  # oldest first: the newest stays
                 labels[result.study_instance_uid] = _label(result, "clean", LabelSource.CDS_FEEDBACK)
-            for status, result in session.execute(dispositions):
-                label: Literal["clean", "manipulated"] = (
-                    "manipulated" if status == CaseStatus.CONFIRMED_FABRICATED.value else "clean"
-                )
-                labels[result.study_instance_uid] = _label(result, label, LabelSource.DISPOSITION)
+            for status, kind, result in session.execute(dispositions):
+                if status == CaseStatus.CONFIRMED_FABRICATED.value:
+                    labels[result.study_instance_uid] = _label(
+                        result,
+                        "manipulated",
+                        LabelSource.DISPOSITION,
+                        None if kind is None else FabricationKind(kind),
+                    )
+                else:
+                    labels[result.study_instance_uid] = _label(result, "clean", LabelSource.DISPOSITION)
         return [labels[uid] for uid in sorted(labels)]
 
 
@@ -616,6 +707,35 @@ def _check_transition(current: CaseStatus, new: CaseStatus, note: str | None) ->
         raise CaseChangeRefused(f"a disposition ({new}) needs a note saying why")
     if note is None and current.closed:
         raise CaseChangeRefused(f"reopening a case that is {current} needs a note saying why")
+
+
+def _fabrication_kind(value: FabricationKind | str) -> FabricationKind:
+    try:
+        return FabricationKind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in FabricationKind)
+        raise ValueError(f"fabrication_kind must be one of {known}, not {value!r}") from None
+
+
+def _kind_change(
+    row: CaseRow, status: CaseStatus, kind: FabricationKind | None, clear: bool, note: str | None
+) -> dict[str, str | None]:
+    """The ``fabrication_kind`` change that goes with a case becoming (or staying) ``status``."""
+    fabricated = status is CaseStatus.CONFIRMED_FABRICATED
+    if (kind is not None or clear) and not fabricated:
+        raise CaseChangeRefused(
+            f"a fabrication kind goes with a {CaseStatus.CONFIRMED_FABRICATED} disposition, not with {status}"
+        )
+    wanted = row.fabrication_kind if fabricated else None
+    if kind is not None:
+        wanted = kind.value
+    elif clear:
+        wanted = None
+    if wanted == row.fabrication_kind:
+        return {}
+    if note is None and row.status == status.value:  # the disposition's own note covers it otherwise
+        raise CaseChangeRefused("changing the fabrication kind of a disposition needs a note saying why")
+    return {"fabrication_kind": wanted}
 
 
 def _check_assignee(session: Session, user_name: str) -> None:
@@ -662,7 +782,12 @@ def _event(
     )
 
 
-def _label(result: ResultRow, label: Literal["clean", "manipulated"], source: LabelSource) -> TrainingLabel:
+def _label(
+    result: ResultRow,
+    label: Literal["clean", "manipulated"],
+    source: LabelSource,
+    kind: FabricationKind | None = None,
+) -> TrainingLabel:
     return TrainingLabel(
         study_instance_uid=result.study_instance_uid,
         patient_id=result.patient_id,
@@ -670,12 +795,14 @@ def _label(result: ResultRow, label: Literal["clean", "manipulated"], source: La
         source=source,
         model_sha256=result.model_sha256,
         result_id=result.id,
+        fabrication_kind=kind,
     )
 
 
 def _case(row: CaseRow) -> Case:
     values = {f.name: getattr(row, f.name) for f in fields(Case)}
-    return Case(**{**values, "status": CaseStatus(row.status)})
+    kind = None if row.fabrication_kind is None else FabricationKind(row.fabrication_kind)
+    return Case(**{**values, "status": CaseStatus(row.status), "fabrication_kind": kind})
 
 
 def _case_event(row: CaseEventRow) -> CaseEvent:

@@ -5,7 +5,8 @@
 ``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
 ``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire
 ``cds_cards``      the Cards this service answered hook calls with, and the result each came from
-``cases``          the fraud investigators' case queue: one case per flagged study (its newest flagged result)
+``cases``          the fraud investigators' case queue: one case per flagged study (its newest flagged
+                 result), with the kind of fabrication confirmed (migration 0006)
 ``case_events``    every change of a case (who, when, which field, old and new value), append-only
 ``case_comments``  investigators' comments on a case, append-only: a correction supersedes, never replaces
 ``users``          investigator logins (scrypt password hashes with their salt and parameters)
@@ -202,6 +203,9 @@ class CaseRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(sa.Integer)
+    #: what kind of fabrication the investigators confirmed (``plugin.store.cases.FabricationKind``),
+    #: only while the status is ``confirmed-fabricated``; NULL when they did not say
+    fabrication_kind: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class CaseEventRow(Base):

@@ -1,8 +1,8 @@
 """Fixtures for the fusion tests.
 
-The case factory lives in ``_cases.py`` next to this file. It is loaded under a
-unique module name so it cannot collide with a helper module of the same name
-in another test directory (the test directories are not packages).
+The case factories live in ``_cases.py`` and ``_model_cases.py`` next to this file. Each is loaded
+under a unique module name so it cannot collide with a helper module of the same name in another
+test directory (the test directories are not packages).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from types import ModuleType
 import pytest
 
 
-def _load_cases() -> ModuleType:
-    name = "tests_fusion_cases"
+def _load_cases(name: str = "tests_fusion_cases", file: str = "_cases.py") -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_cases.py"))
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -31,3 +30,9 @@ def _load_cases() -> ModuleType:
 def cf() -> ModuleType:
     """The case factory: ``cf.make_case("DX")``, ``cf.with_dicom_patient(case, ...)``, ``cf.ctx()``."""
     return _load_cases()
+
+
+@pytest.fixture(scope="session")
+def mc() -> ModuleType:
+    """The model-case factory of ``_model_cases.py``: ``mc.make_case(i, size=40)``, ``mc.make_cohort(n)``."""
+    return _load_cases("tests_fusion_model_cases", "_model_cases.py")

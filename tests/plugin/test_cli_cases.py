@@ -91,15 +91,21 @@ def test_labels_export(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
         case = queue.open_case_for(store.save_result(result, source="sweep"))
         assert case is not None
         queue.update_case(
-            case.id, actor="alice", expected_version=1, status="confirmed-fabricated", note="why"
+            case.id,
+            actor="alice",
+            expected_version=1,
+            status="confirmed-fabricated",
+            fabrication_kind="tampered",
+            note="why",
         )
     out = tmp_path / "labels.json"
     assert main(["labels", "--database", db, "--out", str(out)]) == 0
     assert "wrote 1 labels" in capsys.readouterr().out
     (label,) = json.loads(out.read_text())["labels"]
-    assert (label["study_instance_uid"], label["label"], label["source"]) == (
+    assert (label["study_instance_uid"], label["label"], label["fabrication_kind"], label["source"]) == (
         "1.2.3",
         "manipulated",
+        "tampered",
         "disposition",
     )
     assert main(["labels", "--database", db, "--out", str(tmp_path / "missing" / "labels.json")]) == 2

@@ -68,6 +68,7 @@ def test_labels_from_dispositions_and_feedback(store: Store, queue: CaseQueue, m
         "study_instance_uid": "1.1",
         "patient_id": "p1",
         "label": "manipulated",
+        "fabrication_kind": None,
         "source": "disposition",
         "model_sha256": "a" * 64,
         "result_id": fab.id,
