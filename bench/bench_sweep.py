@@ -1,15 +1,19 @@
 """``crosscheck sweep`` throughput against the bound of pixel decoding + model forward alone.
 
-    python bench/bench_sweep.py [--patients 750] [--workers 2] [--batch-size 16] [--cohort DIR]
+    python bench/bench_sweep.py [--patients 750] [--workers 2] [--batch-size 16] [--cohort DIR] [--ray]
 
 Simulates a cohort (or reuses ``--cohort``), then in the same run:
 
 1. the bound: the studies read and preprocessed (DICOM decoding, resampling, record
    tokens) by ``--workers`` processes, and the model's batched forward, nothing else;
 2. the sweep: `plugin.sweep.run_sweep` into a fresh SQLite database (duplicate index,
-   rule checks, store writes included).
+   rule checks, record snapshots, store writes included);
+3. with ``--ray``: the same sweep on a local Ray cluster of ``--workers`` CPUs, into another
+   database, and its results compared with the local sweep's, study by study (flag,
+   finding codes, scores within 1e-4).
 
-Prints studies/s of both, their ratio (target >= 0.8) and the machine.
+Prints studies/s of each, the ratio of the sweep to the bound (target >= 0.8), whether Ray
+gave the same results, and the machine.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cohort", type=Path, help="reuse a simulated cohort folder")
+    parser.add_argument("--ray", action="store_true", help="also sweep on a local Ray cluster and compare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         cohort = args.cohort
@@ -74,25 +79,72 @@ def main() -> None:
             scorer.predict(feats[start : start + args.batch_size])  # type: ignore[arg-type]
         bound_s = time.perf_counter() - t
         del feats
-        with Store.open(Path(tmp) / "bench.db") as store:
-            found = units_from_folder(cohort)
-            report = run_sweep(
-                found.units,
-                store=store,
-                description="bench",
-                site=found.site,
-                workers=args.workers,
-                batch_size=args.batch_size,
-                progress=False,
-            )
-        assert report.stored + report.failed == n
-        sweep_rate, bound_rate = n / report.seconds, n / bound_s
+        found = units_from_folder(cohort)
+        reports, results = {}, {}
+        for engine in (None, "auto") if args.ray else (None,):
+            with Store.open(Path(tmp) / f"bench-{engine or 'local'}.db") as store:
+                report = run_sweep(
+                    found.units,
+                    store=store,
+                    description="bench",
+                    site=found.site,
+                    workers=args.workers,
+                    batch_size=args.batch_size,
+                    ray=engine,
+                    progress=False,
+                )
+                assert report.stored + report.failed == n
+                reports[engine] = report
+                results[engine] = _results(store, report.model.sha256, [u.fingerprint for u in found.units])
+        bound_rate = n / bound_s
         print(f"machine: {_cpu()}, {os.cpu_count()} cores, device {loaded.device}; {args.workers} readers")
         print(f"studies: {n}")
         print(f"bound (decode + preprocess + model forward): {bound_rate:.2f} studies/s ({bound_s:.1f} s)")
-        seconds = report.seconds
-        print(f"sweep (index, checks, model, store writes):  {sweep_rate:.2f} studies/s ({seconds:.1f} s)")
-        print(f"ratio: {sweep_rate / bound_rate:.2f} (target >= 0.8)")
+        local = reports[None]
+        print(
+            f"sweep (checks, hash index, model, snapshots, store writes): {n / local.seconds:.2f} studies/s "
+            f"({local.seconds:.1f} s; {local.stored} stored, {local.failed} failed)"
+        )
+        print(f"ratio: {n / local.seconds / bound_rate:.2f} (target >= 0.8)")
+        if args.ray:
+            on_ray = reports["auto"]
+            rate, secs = n / on_ray.seconds, on_ray.seconds
+            print(f"ray sweep (local cluster, {args.workers} CPUs): {rate:.2f} studies/s ({secs:.1f} s)")
+            differ = _differences(results[None], results["auto"])
+            same = "yes" if not differ else "NO"
+            print(f"ray results the same as the local sweep's: {same} ({len(differ)} of {n} differ)")
+            for uid in differ[:5]:
+                print(f"  differs: {uid}")
+
+
+Row = tuple[bool, tuple[str, ...], float, float | None, float | None]
+
+
+def _results(store: Store, sha256: str, fingerprints: list[str]) -> dict[str, Row]:
+    return {
+        s.result.case.study_instance_uid: (
+            s.result.flagged,
+            tuple(f.code for f in s.result.findings),
+            s.result.scores.overall,
+            s.result.scores.consistency,
+            s.result.scores.synthetic,
+        )
+        for s in store.swept_results(sha256, fingerprints)
+    }
+
+
+def _differences(a: dict[str, Row], b: dict[str, Row]) -> list[str]:
+    def close(x: float | None, y: float | None) -> bool:
+        return (x is None and y is None) or (x is not None and y is not None and abs(x - y) <= 1e-4)
+
+    return sorted(
+        uid
+        for uid in a.keys() | b.keys()
+        if uid not in a
+        or uid not in b
+        or a[uid][:2] != b[uid][:2]
+        or not all(close(x, y) for x, y in zip(a[uid][2:], b[uid][2:], strict=True))
+    )
 
 
 if __name__ == "__main__":
