@@ -1,8 +1,9 @@
 """``crosscheck sweep`` throughput against the bound of pixel decoding + model forward alone.
 
-    python bench/bench_sweep.py [--patients 750] [--workers 2] [--batch-size 16] [--cohort DIR] [--ray]
+    python bench/bench_sweep.py [--studies 1000] [--workers 2] [--batch-size 16] [--cohort DIR] [--ray]
 
-Simulates a cohort (or reuses ``--cohort``), then in the same run:
+Simulates a cohort of at least ``--studies`` studies (or reuses ``--cohort``) and takes its first
+``--studies``, then in the same run:
 
 1. the bound: the studies read and preprocessed (DICOM decoding, resampling, record
    tokens) by ``--workers`` processes, and the model's batched forward, nothing else;
@@ -52,7 +53,7 @@ def _cpu() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=750)
+    parser.add_argument("--studies", type=int, default=1000, help="how many studies to sweep")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cohort", type=Path, help="reuse a simulated cohort folder")
@@ -63,9 +64,13 @@ def main() -> None:
         if cohort is None:
             cohort = Path(tmp) / "cohort"
             t = time.perf_counter()
-            simulate(cohort, patients=args.patients, seed=3, workers=args.workers, progress=False)
-            print(f"simulated {args.patients} patients in {time.perf_counter() - t:.1f} s")
-        units = units_from_folder(cohort).units
+            patients = round(args.studies / 1.28)  # the simulator gives about 1.3 studies a patient
+            simulate(cohort, patients=patients, seed=3, workers=args.workers, progress=False)
+            print(f"simulated {patients} patients in {time.perf_counter() - t:.1f} s")
+        found = units_from_folder(cohort)
+        units = found.units[: args.studies]
+        if len(units) < args.studies:
+            raise SystemExit(f"{cohort} holds {len(units)} studies, fewer than --studies {args.studies}")
         n = len(units)
         loaded = load_bundle(default_bundle_path(), device=None)
         context = multiprocessing.get_context("forkserver")
@@ -79,12 +84,11 @@ def main() -> None:
             scorer.predict(feats[start : start + args.batch_size])  # type: ignore[arg-type]
         bound_s = time.perf_counter() - t
         del feats
-        found = units_from_folder(cohort)
         reports, results = {}, {}
         for engine in (None, "auto") if args.ray else (None,):
             with Store.open(Path(tmp) / f"bench-{engine or 'local'}.db") as store:
                 report = run_sweep(
-                    found.units,
+                    units,
                     store=store,
                     description="bench",
                     site=found.site,
@@ -95,7 +99,7 @@ def main() -> None:
                 )
                 assert report.stored + report.failed == n
                 reports[engine] = report
-                results[engine] = _results(store, report.model.sha256, [u.fingerprint for u in found.units])
+                results[engine] = _results(store, report.model.sha256, [u.fingerprint for u in units])
         bound_rate = n / bound_s
         print(f"machine: {_cpu()}, {os.cpu_count()} cores, device {loaded.device}; {args.workers} readers")
         print(f"studies: {n}")
