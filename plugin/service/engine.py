@@ -258,6 +258,7 @@ class Engine:
         fetch_ms: float | None = None,
     ) -> Checked:
         loop = asyncio.get_running_loop()
+        case = replace(case, study=case.study.decoding_once())  # features, checks, hashes, heatmap
         result, prediction = await loop.run_in_executor(self._model_thread, self._score_one, case)
         if fetch_ms is not None:
             result = replace(result, timings_ms={"fetch": fetch_ms, **result.timings_ms})
