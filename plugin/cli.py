@@ -310,7 +310,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config_file=Path(args.config) if args.config else None,
     )
     app = create_app(settings, server_settings(args))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # proxy_headers off: the app believes X-Forwarded-For from its ``trusted_proxies`` only, and uvicorn
+    # would from 127.0.0.1 (FORWARDED_ALLOW_IPS) whatever the settings say
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, proxy_headers=False
+    )
     return 0
 
 

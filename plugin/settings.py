@@ -31,10 +31,25 @@ holds what only the service has.
 | ``cors_origins`` | ``CROSSCHECK_CORS_ORIGINS`` | origins allowed by CORS (JSON list; default any) |
 | ``patient_view_max_studies`` | ``..._PATIENT_VIEW_MAX_STUDIES`` | studies a chart opening checks (3) |
 | ``patient_view_max_age_days`` | ``..._PATIENT_VIEW_MAX_AGE_DAYS`` | ... started at most this long ago (30) |
+| ``trusted_proxies`` | ``CROSSCHECK_TRUSTED_PROXIES`` | reverse proxies (IPs or networks; JSON list or |
+| | | comma-separated) whose ``X-Forwarded-For``/``-Proto`` are believed (none) |
+| ``login_max_failures`` | ``..._LOGIN_MAX_FAILURES`` | failed review logins per user name in the window (5) |
+| ``login_max_failures_per_address`` | ``..._LOGIN_MAX_FAILURES_PER_ADDRESS`` | ... per client address (20) |
+| ``login_failure_window_s`` | ``..._LOGIN_FAILURE_WINDOW_S`` | the window failures are counted in (900 s) |
+| ``login_lockout_s`` | ``..._LOGIN_LOCKOUT_S`` | the first lock-out after too many failures (300 s) |
+| ``login_lockout_max_s`` | ``..._LOGIN_LOCKOUT_MAX_S`` | each next lock-out doubles, up to this (3600 s) |
+
+The review page's login throttle (`plugin.store.throttle`): past the limit for a user name or an
+address, logins for that name or from that address are refused (HTTP 429 with ``Retry-After``)
+until the lock-out ends, whatever the password. The address is the connection's peer; behind a
+reverse proxy, list it in ``trusted_proxies`` so that the client address it forwards counts
+instead (and ``X-Forwarded-Proto``, for the ``Secure`` cookie). With none listed, forwarded
+headers are ignored: a client cannot choose its own address by sending them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -42,7 +57,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from plugin.errors import UsageError
@@ -79,6 +94,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     patient_view_max_studies: int = Field(default=3, ge=1, le=50)
     patient_view_max_age_days: float = Field(default=30.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_max_failures_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    login_failure_window_s: float = Field(default=900.0, gt=0, le=86_400)
+    login_lockout_s: float = Field(default=300.0, gt=0, le=86_400)
+    login_lockout_max_s: float = Field(default=3600.0, gt=0, le=86_400)
 
     @field_validator("public_url", "orthanc_url", "oauth_jwks_url", "smart_app_url")
     @classmethod
@@ -86,6 +107,25 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value is not None else None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network: list the reverse proxies' addresses "
+                    "(e.g. 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+        return [entry.strip() for entry in value]
+
+    @model_validator(mode="after")
+    def _lockouts_grow(self) -> Settings:
+        if self.login_lockout_max_s < self.login_lockout_s:
+            raise ValueError("login_lockout_max_s cannot be shorter than login_lockout_s, the first lock-out")
+        return self
 
     @property
     def database(self) -> str:
@@ -142,9 +182,10 @@ def load_settings(
         if env.get(f"CROSSCHECK_{name.upper()}") not in (None, "")
     }
     merged: dict[str, Any] = {**from_file, **from_env, **given}
-    if isinstance(merged.get("cors_origins"), str):
-        text = merged["cors_origins"].strip()
-        merged["cors_origins"] = json.loads(text) if text.startswith("[") else text.split(",")
+    for name in ("cors_origins", "trusted_proxies"):  # lists: JSON, or comma-separated
+        if isinstance(merged.get(name), str):
+            text = merged[name].strip()
+            merged[name] = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v]
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

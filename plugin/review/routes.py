@@ -16,6 +16,12 @@ every route but the login form needs a session (`plugin.review.session`); withou
 is sent to the login form. Every POST checks the session's CSRF token. Every view and change is
 audited (``user.login``, ``user.logout``, ``case.list``, ``case.read``; the queue records its own
 ``case.update`` and ``case.comment``), with ids only.
+
+Password guessing is throttled (`plugin.store.throttle`, limits in `plugin.settings`): too many
+failed logins for a user name, or from a client address, and further logins for that name or from
+that address are refused for a lock-out that doubles each time, the password not even checked:
+the login form again, HTTP 429 with ``Retry-After``, audited as ``user.login-throttled`` (the keyed
+hashes' prefixes in its detail, never the name or address) and logged at INFO likewise.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,7 @@ from plugin.review.imaging import StudyImages, Window, auto_window, frame_pixels
 from plugin.review.imaging import series_frames as _series_frames
 from plugin.review.session import COOKIE_NAME, ReviewSession, SessionManager, load_secret
 from plugin.service.state import ServiceState, get_state
+from plugin.settings import Settings
 from plugin.store import (
     Actor,
     ActorKind,
@@ -49,6 +57,9 @@ from plugin.store import (
     CaseQueue,
     CaseStatus,
     FabricationKind,
+    LoginLock,
+    LoginThrottle,
+    ThrottlePolicy,
     Users,
 )
 
@@ -70,6 +81,7 @@ __all__ = [
     "router",
     "study_case",
     "templates",
+    "throttle_policy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,11 +117,13 @@ def templates() -> Environment:
 
 @dataclass
 class ReviewParts:
-    """What the review page keeps in the service: sessions, the kept images, logins, templates."""
+    """What the review page keeps in the service: sessions, the kept images, logins, the login
+    throttle, templates."""
 
     sessions: SessionManager
     images: StudyImages
     users: Users
+    throttle: LoginThrottle
     env: Environment
 
     @classmethod
@@ -117,15 +131,31 @@ class ReviewParts:
         parts = state.extras.get("review")
         if parts is None:
             data_dir = Path(state.settings.data_dir)
+            secret = load_secret(data_dir)
             parts = cls(
-                sessions=SessionManager(load_secret(data_dir)),
+                sessions=SessionManager(secret),
                 images=StudyImages(data_dir / "images"),
                 users=Users(state.store),
+                throttle=LoginThrottle(state.store, secret, policy=throttle_policy(state.settings)),
                 env=templates(),
             )
             state.extras["review"] = parts
         assert isinstance(parts, ReviewParts)
         return parts
+
+
+def throttle_policy(settings: Settings) -> ThrottlePolicy:
+    """The login throttle's limits from the service's settings (``login_*``)."""
+    window = timedelta(seconds=settings.login_failure_window_s)
+    longest = timedelta(seconds=settings.login_lockout_max_s)
+    return ThrottlePolicy(
+        max_failures=settings.login_max_failures,
+        max_failures_per_address=settings.login_max_failures_per_address,
+        window=window,
+        lockout=timedelta(seconds=settings.login_lockout_s),
+        max_lockout=longest,
+        forget_after=max(timedelta(days=1), window, longest),
+    )
 
 
 class _LoginRequired(Exception):
@@ -243,6 +273,10 @@ async def login(
     if session is None:  # no form of ours was loaded first
         return RedirectResponse(f"/review/login?{urlencode({'next': _safe_next(next)})}", status_code=303)
     _check_csrf(session, csrf_token)
+    address = request.client.host if request.client is not None else None
+    lock = await asyncio.to_thread(parts.throttle.attempt, user_name, address)
+    if lock is not None:  # refused before the password is looked at
+        return await _throttled(state, parts, session, next, lock)
     user = await asyncio.to_thread(parts.users.verify_password, user_name, password)
     if user is None:
         await state.audit(Actor(ActorKind.ANONYMOUS), AuditAction.USER_LOGIN, status=401)
@@ -254,12 +288,57 @@ async def login(
             next=_safe_next(next),
             error="The user name or password is wrong, or the login is disabled.",
         )
+    await asyncio.to_thread(parts.throttle.succeeded, user_name, address)
     parts.sessions.end(session)
     fresh = parts.sessions.new(user.user_name)
     await state.audit(Actor(ActorKind.USER, user.user_name), AuditAction.USER_LOGIN)
     response = RedirectResponse(_safe_next(next), status_code=303)
     _set_cookie(request, response, fresh, parts.sessions)
     return response
+
+
+async def _throttled(
+    state: ServiceState, parts: ReviewParts, session: ReviewSession, next: str, lock: LoginLock
+) -> Response:
+    """The answer to a login attempt refused by a lock-out: audited and logged with the keyed
+    hashes only, the form again with 429 and ``Retry-After``; nothing says whether the user exists."""
+    by = "+".join(key.kind.value for key in lock.by)
+    keys = [key.hash[:16] for key in lock.by]
+    logger.info(
+        "review login refused: locked out by %s (key %s, lock-out %d%s), %d s left",
+        by,
+        ",".join(keys),
+        lock.lockouts,
+        ", started now" if lock.started else "",
+        lock.retry_after_s,
+    )
+    detail = {
+        "by": [key.kind.value for key in lock.by],
+        "keys": keys,
+        "lockouts": lock.lockouts,
+        "started": lock.started,
+        "retry_after_s": lock.retry_after_s,
+    }
+    await state.audit(Actor(ActorKind.ANONYMOUS), AuditAction.USER_LOGIN_THROTTLED, status=429, detail=detail)
+    response = _page(
+        parts,
+        "login.html.j2",
+        status=429,
+        session=session,
+        next=_safe_next(next),
+        error=(
+            "Too many failed logins for this user name or from this address: logins are refused until "
+            f"{lock.until:%H:%M} UTC. Try again in {_wait(lock.retry_after_s)}."
+        ),
+    )
+    response.headers["Retry-After"] = str(lock.retry_after_s)
+    return response
+
+
+def _wait(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 @router.post("/logout")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fusion.scorer import Scorer
 from plugin.cds.auth import CdsClientRegistry, CdsTokenVerifier
@@ -145,6 +146,8 @@ def create_app(
             allow_credentials=False,
             max_age=600,
         )
+    if settings.trusted_proxies:  # outermost: every part sees the client the proxy forwarded
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     from plugin.service import cds, ingest, ops, rest
 
     app.include_router(cds.router)

@@ -31,7 +31,11 @@ def serve_in_background(
 ) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL (``http://host:port``)."""
     port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app trusts the
+    # proxies its settings list (``trusted_proxies``), no others
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     errors: list[BaseException] = []
 

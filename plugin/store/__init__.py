@@ -12,10 +12,11 @@ from code when the store opens::
 
 A :class:`Store` is safe to share between threads; :class:`StoreReplayCache` gives the CDS
 Hooks authentication an async ``use(iss, jti, expires_at)``. The investigators' case queue
-(:class:`CaseQueue`, :mod:`plugin.store.cases`) and their logins (:class:`Users`,
-:mod:`plugin.store.users`) work on a Store::
+(:class:`CaseQueue`, :mod:`plugin.store.cases`), their logins (:class:`Users`,
+:mod:`plugin.store.users`) and the throttle of failed logins (:class:`LoginThrottle`,
+:mod:`plugin.store.throttle`) work on a Store::
 
-    queue, users = CaseQueue(store), Users(store)
+    queue, users, throttle = CaseQueue(store), Users(store), LoginThrottle(store, secret)
 """
 
 from plugin.store.cases import (
@@ -48,6 +49,7 @@ from plugin.store.records import (
 from plugin.store.replay import StoreReplayCache
 from plugin.store.snapshots import EntryKind, Timeline, TimelineEntry
 from plugin.store.store import MAX_AUDIT_DETAIL_BYTES, Store
+from plugin.store.throttle import LoginLock, LoginThrottle, ThrottleKey, ThrottleKind, ThrottlePolicy
 from plugin.store.users import User, UserRole, Users
 
 __all__ = [
@@ -70,12 +72,17 @@ __all__ = [
     "HistoryEntry",
     "IssuedCard",
     "LabelSource",
+    "LoginLock",
+    "LoginThrottle",
     "OverrideReason",
     "ResultSource",
     "Store",
     "StoreReplayCache",
     "StoredFeedback",
     "StoredResult",
+    "ThrottleKey",
+    "ThrottleKind",
+    "ThrottlePolicy",
     "Timeline",
     "TimelineEntry",
     "TrainingLabel",

@@ -1,6 +1,7 @@
 """The store's tables as SQLAlchemy ORM models (the migrations in ``migrations/versions`` create them).
 
-``results``        every CrossCheckResult stored, never updated
+``results``        every CrossCheckResult stored; updated only where a batch sweep amends a study's
+                 duplicate findings (an image it met later repeats this one's)
 ``cds_feedback``   CDS Hooks Feedback entries, one row per entry (a Card may get several)
 ``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
 ``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire
@@ -13,6 +14,8 @@
 ``sweeps``         each batch sweep started: when, with which model, how many studies it found
 ``sweep_results``  the result of each swept input, at most one per (model sha256, input fingerprint)
 ``record_snapshots`` the record as it was when a result was scored (a Timeline), one per result
+``login_throttle`` login attempts counted per user name and per client address (keyed hashes, never
+                 in clear) and their lock-outs: what refuses password guessing on the review page
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -40,6 +43,7 @@ __all__ = [
     "CaseRow",
     "FeedbackRow",
     "JtiRow",
+    "LoginThrottleRow",
     "RecordSnapshotRow",
     "ResultRow",
     "SweepResultRow",
@@ -291,3 +295,20 @@ class RecordSnapshotRow(Base):
     entries: Mapped[int] = mapped_column(sa.Integer)
     snapshot: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginThrottleRow(Base):
+    """Login attempts counted against one user name or one client address (``kind``), named by a
+    keyed hash (``key_hash``, HMAC-SHA256: never the name or address in clear): the attempts not
+    known to have succeeded since ``window_start``, the lock-outs so far (the backoff's exponent)
+    and the current one's end (`plugin.store.throttle`)."""
+
+    __tablename__ = "login_throttle"
+
+    kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(sa.Integer)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lockouts: Mapped[int] = mapped_column(sa.Integer)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -82,7 +82,9 @@ class ActorKind(StrEnum):
 
 class AuditAction(StrEnum):
     """What was done. Later areas add members. The case queue records its own changes (``case.*``)
-    in the transaction that makes them; the review page records views (``case.read``)."""
+    in the transaction that makes them; the review page records views (``case.read``), logins
+    (``user.login``) and the login attempts refused by a lock-out (``user.login-throttled``: too
+    many failures for the user name or from the address, `plugin.store.throttle`)."""
 
     CASE_COMMENT = "case.comment"
     CASE_LIST = "case.list"
@@ -99,6 +101,7 @@ class AuditAction(StrEnum):
     USER_CREATE = "user.create"
     USER_DISABLE = "user.disable"
     USER_LOGIN = "user.login"
+    USER_LOGIN_THROTTLED = "user.login-throttled"
     USER_LOGOUT = "user.logout"
     USER_PASSWORD = "user.password"
     WRITEBACK = "writeback"

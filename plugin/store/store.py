@@ -5,7 +5,9 @@ Store), so FastAPI's threadpool can call a shared Store from many requests at on
 begin with ``BEGIN IMMEDIATE`` on SQLite (see :mod:`plugin.store.engine`).
 
 The audit trail has no update or delete method here, and the database refuses both (see
-:mod:`plugin.store.ddl`). Results are never updated either: a new score is a new row.
+:mod:`plugin.store.ddl`). A new score is a new row; a stored result changes only where a batch
+sweep amends its duplicate findings (:meth:`Store.save_sweep_results`: the image of a study it
+met later repeats this one's, so this one is now filed under two patients too).
 """
 
 from __future__ import annotations

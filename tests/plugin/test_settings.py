@@ -43,6 +43,9 @@ def test_json_config_named_by_variable(tmp_path: Path) -> None:
         ("port = [", {}, "not valid TOML"),
         ("", {"CROSSCHECK_PUBLIC_URL": "ftp://x"}, "public_url"),
         ("", {"CROSSCHECK_CDS_DEADLINE_MS": "soon"}, "cds_deadline_ms"),
+        ("", {"CROSSCHECK_TRUSTED_PROXIES": "10.0.0.5,proxy.example"}, "'proxy.example' is not an IP"),
+        ("login_lockout_s = 600\nlogin_lockout_max_s = 300\n", {}, "login_lockout_max_s cannot be shorter"),
+        ("login_max_failures = 0\n", {}, "login_max_failures"),
     ],
 )
 def test_bad_settings_are_one_usage_error(
@@ -57,3 +60,20 @@ def test_bad_settings_are_one_usage_error(
 def test_a_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="config file"):
         load_settings(config_file=tmp_path / "nope.toml", env={})
+
+
+def test_trusted_proxies_and_login_limits(tmp_path: Path) -> None:
+    defaults = load_settings(env={})
+    assert defaults.trusted_proxies == []  # forwarded headers believed from no one
+    assert (defaults.login_max_failures, defaults.login_max_failures_per_address) == (5, 20)
+    assert (defaults.login_failure_window_s, defaults.login_lockout_s, defaults.login_lockout_max_s) == (
+        900,
+        300,
+        3600,
+    )
+    env = {"CROSSCHECK_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16", "CROSSCHECK_LOGIN_MAX_FAILURES": "3"}
+    settings = load_settings(env=env)
+    assert settings.trusted_proxies == ["10.0.0.5", "10.1.0.0/16"]
+    assert settings.login_max_failures == 3
+    as_json = load_settings(env={"CROSSCHECK_TRUSTED_PROXIES": '["2001:db8::1"]'})
+    assert as_json.trusted_proxies == ["2001:db8::1"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 
 from plugin.errors import CaseChangeRefused
 from plugin.store import (
@@ -23,7 +24,7 @@ from plugin.store import (
     TrainingLabel,
     Users,
 )
-from plugin.store.migrate import alembic_config, head_revisions
+from plugin.store.migrate import alembic_config
 from plugin.store.users import ScryptParams
 
 
@@ -75,7 +76,9 @@ def test_0006_adds_the_column_and_down_drops_it_keeping_the_cases(db_path: Path,
         (again,) = CaseQueue(store).cases()
         assert again.status is CaseStatus.CONFIRMED_FABRICATED and again.fabrication_kind is None
         assert [label.fabrication_kind for label in CaseQueue(store).training_labels()] == [None]
-    assert head_revisions() == ("0006",)
+    assert "0006" in [
+        r.revision for r in ScriptDirectory.from_config(alembic_config(db_path)).walk_revisions()
+    ]
 
 
 def test_0006_as_postgresql_sql() -> None:

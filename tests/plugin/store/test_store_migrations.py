@@ -6,6 +6,7 @@ import io
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from plugin.errors import MigrationFailed, SchemaOutOfDate, SchemaTooNew, StoreError
-from plugin.store import Actor, ActorKind, AuditAction, CardKind, IssuedCard, Store, Timeline, TimelineEntry
+from plugin.store import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    CardKind,
+    IssuedCard,
+    LoginThrottle,
+    Store,
+    Timeline,
+    TimelineEntry,
+)
 from plugin.store.ddl import append_only_triggers
 from plugin.store.engine import create_store_engine, database_url
 from plugin.store.migrate import alembic_config, current_revisions, head_revisions
@@ -24,12 +35,15 @@ from plugin.store.models import Base
 CASE_TABLES = {"cases", "case_events", "case_comments", "users"}
 SWEEP_TABLES = {"sweeps", "sweep_results"}
 SNAPSHOT_TABLES = {"record_snapshots"}
+THROTTLE_TABLES = {"login_throttle"}
 TABLES = (
     {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"}
     | CASE_TABLES
     | SWEEP_TABLES
     | SNAPSHOT_TABLES
+    | THROTTLE_TABLES
 )
+LATER_THAN_0001 = {"cds_cards"} | CASE_TABLES | SWEEP_TABLES | SNAPSHOT_TABLES | THROTTLE_TABLES
 
 
 def _tables(path: Path) -> set[str]:
@@ -100,10 +114,10 @@ def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0001")
-    assert _tables(db_path) & TABLES == TABLES - {"cds_cards"} - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
+    assert _tables(db_path) & TABLES == TABLES - LATER_THAN_0001
     assert _revision(db_path) == "0001"
     command.upgrade(config, "0002")
-    assert TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES <= _tables(db_path)
+    assert TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES <= _tables(db_path)
     assert _revision(db_path) == "0002"
 
 
@@ -116,10 +130,10 @@ def test_0004_down_drops_the_sweep_tables_only_and_up_again(db_path: Path) -> No
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0003")
-    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
+    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
     assert _revision(db_path) == "0003"
     command.upgrade(config, "0004")
-    assert TABLES - SNAPSHOT_TABLES <= _tables(db_path)
+    assert TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES <= _tables(db_path)
 
 
 def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, make_result) -> None:
@@ -129,7 +143,7 @@ def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, m
         kept = store.save_result(make_result(), source="cds", timeline=_snapshot())
     config = alembic_config(db_path)
     command.downgrade(config, "0004")
-    assert _tables(db_path) & TABLES == TABLES - SNAPSHOT_TABLES
+    assert _tables(db_path) & TABLES == TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
     assert _revision(db_path) == "0004"
     with Store.open(db_path) as store:  # upgrades to the head again
         assert SNAPSHOT_TABLES <= _tables(db_path)
@@ -137,6 +151,34 @@ def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, m
         assert store.timeline(kept.id) is None  # dropped with its table
         store.save_timeline(kept.id, _snapshot())
         assert store.timeline(kept.id) == _snapshot()
+
+
+def test_0007_down_drops_the_login_throttle_only_and_up_again(db_path: Path) -> None:
+    """A lock-out recorded at the head; down to 0006 the table goes (the rest stays), up again it is
+    back, empty, and counts anew."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with Store.open(db_path) as store:
+        throttle = LoginThrottle(store, bytes(32))
+        for _ in range(5):
+            assert throttle.attempt("alice", "192.0.2.1", now=now) is None
+        assert throttle.attempt("alice", "192.0.2.1", now=now) is not None
+        event = store.audit(AuditAction.USER_LOGIN_THROTTLED, Actor(ActorKind.ANONYMOUS), status_code=429)
+    assert "ix_login_throttle_updated_at" in _indexes(db_path)
+    config = alembic_config(db_path)
+    command.downgrade(config, "0006")
+    assert _tables(db_path) & TABLES == TABLES - THROTTLE_TABLES
+    assert "ix_login_throttle_updated_at" not in _indexes(db_path)
+    assert _revision(db_path) == "0006"
+    with Store.open(db_path) as store:  # upgrades to the head again
+        assert THROTTLE_TABLES <= _tables(db_path)
+        assert store.audit_events() == [event]
+        throttle = LoginThrottle(store, bytes(32))
+        assert throttle.attempt("alice", "192.0.2.1", now=now) is None  # the lock-out went with the table
+
+
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
 
 
 def _snapshot() -> Timeline:
@@ -150,7 +192,9 @@ def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_re
     assert {"case_events_no_update", "case_comments_no_delete"} <= _triggers(db_path)
     config = alembic_config(db_path)
     command.downgrade(config, "0002")
-    assert _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES
+    assert (
+        _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
+    )
     assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
     assert _revision(db_path) == "0002"
     command.upgrade(config, "head")
@@ -244,6 +288,11 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     assert "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'" in sql
     assert "UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003'" in sql
     assert "UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004'" in sql
+    assert "UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005'" in sql
+    assert "UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006'" in sql
+    assert "CREATE TABLE login_throttle" in sql
+    assert "CONSTRAINT pk_login_throttle PRIMARY KEY (kind, key_hash)" in sql
+    assert "CREATE INDEX ix_login_throttle_updated_at ON login_throttle (updated_at)" in sql
     assert (
         "CONSTRAINT fk_record_snapshots_result_id_results FOREIGN KEY(result_id) REFERENCES results (id)"
         in sql
