@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
+import os
 from collections.abc import Iterator, Sequence
 from multiprocessing.pool import Pool
 from pathlib import Path
+
+import torch
 
 from fusion.result import ModelInfo
 from plugin.sweep.prepare import (
@@ -52,6 +55,8 @@ class LocalEngine:
         context.set_forkserver_preload(["plugin.sweep.prepare"])
         self._pool: Pool = context.Pool(workers, initializer=init_reader)
         self._scorer: SweepScorer | None = None
+        self._workers = workers
+        self._threads: int | None = None  # torch's threads in this process before the sweep
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -62,6 +67,9 @@ class LocalEngine:
     def close(self) -> None:
         self._pool.terminate()
         self._pool.join()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
     def fingerprints(self, units: Sequence[SweepUnit]) -> Iterator[Fingerprinted]:
         """The units' perceptual hashes (those a resumed sweep did before), in no particular order."""
@@ -71,8 +79,10 @@ class LocalEngine:
     def start(self, fingerprints: Sequence[Fingerprinted] | None) -> ModelInfo:
         """Load the model (and the duplicate index of the studies done before; ``None``: no
         duplicate check); what the results will name as their model."""
-        self._scorer = SweepScorer(self.model, self.device, fingerprints)
-        logger.info("sweep model on %s", self._scorer.device())
+        self._threads = torch.get_num_threads()
+        threads = max(1, (os.cpu_count() or 1) - self._workers)
+        self._scorer = SweepScorer(self.model, self.device, fingerprints, cpu_threads=threads)
+        logger.info("sweep model on %s, %d torch threads", self._scorer.device(), torch.get_num_threads())
         return self._scorer.model_info()
 
     def results(self, units: Sequence[SweepUnit]) -> Iterator[tuple[list[Scored], list[Amendment]]]:

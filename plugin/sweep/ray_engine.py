@@ -103,8 +103,10 @@ class RayEngine:
     def start(self, fingerprints: Sequence[Fingerprinted] | None) -> ModelInfo:
         gpu = self._gpus > 0
         device = self.device or ("cuda" if gpu else "cpu")
-        actor = self.ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)(SweepScorer)
-        self._actor = actor.remote(self.model, device, fingerprints)
+        # on CPUs the actor takes no CPU of its own (the readers would get one fewer) and runs
+        # torch on one thread: it waits for the readers most of the time, as the local sweep's does
+        actor = self.ray.remote(num_gpus=1 if gpu else 0, num_cpus=0)(SweepScorer)
+        self._actor = actor.remote(self.model, device, fingerprints, None if gpu else 1)
         info: ModelInfo = self.ray.get(self._actor.model_info.remote())
         return info
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from fusion.checks import finding_order
 from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, duplicate_findings
 from fusion.model.bundle import default_bundle_path, load_bundle
@@ -72,7 +74,9 @@ class SweepScorer:
     """Scores batches of prepared studies with the bundle at ``model`` (default: the shipped one).
 
     ``fingerprints`` are the studies of the sweep scored before (a resumed sweep's finished
-    work), for the duplicate check; ``None`` turns that check off.
+    work), for the duplicate check; ``None`` turns that check off. ``cpu_threads``: torch's
+    threads in this process when the model runs on the CPU (the cores the readers leave, no
+    more: torch's spinning threads would slow the readers).
     """
 
     def __init__(
@@ -80,8 +84,11 @@ class SweepScorer:
         model: Path | None = None,
         device: str | None = None,
         fingerprints: Sequence[Fingerprinted] | None = None,
+        cpu_threads: int | None = None,
     ) -> None:
         self.scorer = Scorer(load_bundle(model or default_bundle_path(), device=device), checks=False)
+        if cpu_threads is not None and self.device() == "cpu":
+            torch.set_num_threads(cpu_threads)
         self.index: PerceptualHashIndex | None = None
         self._indexed: dict[tuple[str, str], _Indexed] = {}  # by (patient key, StudyInstanceUID)
         if fingerprints is not None:
