@@ -386,11 +386,19 @@ def _new_password() -> str:
 
 
 def _cmd_users(args: argparse.Namespace) -> int:
-    from plugin.store import Actor, ActorKind, AuditAction, UserRole, Users
+    from plugin.review.session import load_secret
+    from plugin.settings import load_settings
+    from plugin.store import Actor, ActorKind, AuditAction, LoginThrottle, UserRole, Users
 
     cli = Actor(ActorKind.SYSTEM, "cli")
     with _open_store(args) as store:
         users = Users(store)
+        if args.action == "unlock":  # the name's failed logins forgotten, its lock-out lifted
+            settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
+            LoginThrottle(store, load_secret(settings.data_dir)).succeeded(args.name, None)
+            store.audit(AuditAction.USER_UNLOCK, cli, detail={"user": args.name})
+            print(f"unlocked {args.name}")
+            return 0
         if args.action == "list":
             for user in users.users():
                 state = "active" if user.active else "disabled"
@@ -711,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     u = users.add_parser("list", help="list the logins")
     _add_database_arguments(u)
     u = users.add_parser("disable", help="refuse a login from now on (its history stays)")
+    u.add_argument("name")
+    _add_database_arguments(u)
+    u = users.add_parser("unlock", help="lift a login's lock-out after failed passwords (needs --data-dir)")
     u.add_argument("name")
     _add_database_arguments(u)
 

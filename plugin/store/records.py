@@ -104,6 +104,7 @@ class AuditAction(StrEnum):
     USER_LOGIN_THROTTLED = "user.login-throttled"
     USER_LOGOUT = "user.logout"
     USER_PASSWORD = "user.password"
+    USER_UNLOCK = "user.unlock"
     WRITEBACK = "writeback"
 
 

@@ -110,3 +110,20 @@ def test_labels_export(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     assert main(["labels", "--database", db, "--out", str(tmp_path / "missing" / "labels.json")]) == 2
     _one_error_line(capsys, "labels")
+
+
+def test_users_unlock_lifts_a_lock_out(tmp_path: Path, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from plugin.review.session import load_secret
+    from plugin.store import LoginThrottle
+
+    data_dir = tmp_path / "data"
+    with Store.open(db) as store:
+        throttle = LoginThrottle(store, load_secret(data_dir))
+        while throttle.attempt("alice", "192.0.2.7") is None:
+            pass  # wrong passwords until the name is locked out
+        assert throttle.attempt("alice", None) is not None
+    assert main(["users", "unlock", "alice", "--database-url", db, "--data-dir", str(data_dir)]) == 0
+    assert "unlocked alice" in capsys.readouterr().out
+    with Store.open(db) as store:
+        assert LoginThrottle(store, load_secret(data_dir)).attempt("alice", None) is None
+        assert store.audit_events()[0].action == "user.unlock"
