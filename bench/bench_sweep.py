@@ -7,8 +7,9 @@ Simulates a cohort of at least ``--studies`` studies (or reuses ``--cohort``) an
 
 1. the bound: the studies read and preprocessed (DICOM decoding, resampling, record
    tokens) by ``--workers`` processes, and the model's batched forward, nothing else;
-2. the sweep: `plugin.sweep.run_sweep` into a fresh SQLite database (duplicate index,
-   rule checks, record snapshots, store writes included);
+2. the sweep: `plugin.sweep.run_sweep` into a fresh SQLite database, as ``crosscheck
+   sweep`` runs it (duplicate index, rule checks, record snapshots, store writes, and the
+   flagged studies' images and heatmaps kept for the review page);
 3. with ``--ray``: the same sweep on a local Ray cluster of ``--workers`` CPUs, into another
    database, and its results compared with the local sweep's, study by study (flag,
    finding codes, scores within 1e-4).
@@ -31,6 +32,7 @@ from pathlib import Path
 from fusion.cohort.simulate import simulate
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.scorer import Scorer
+from plugin.cases.evidence import KeptEvidence
 from plugin.store import Store
 from plugin.sweep import run_sweep, units_from_folder
 from plugin.sweep.prepare import init_reader, load_case
@@ -96,6 +98,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     ray=engine,
                     progress=False,
+                    evidence=KeptEvidence(Path(tmp) / f"data-{engine or 'local'}"),  # as the CLI keeps
                 )
                 assert report.stored + report.failed == n
                 reports[engine] = report

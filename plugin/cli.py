@@ -211,6 +211,7 @@ _SWEEP_SERVER_OPTIONS = (
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from plugin.cases.evidence import KeptEvidence
     from plugin.settings import Settings
     from plugin.store import Store
     from plugin.sweep import export_results, run_sweep, units_from_folder
@@ -252,6 +253,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             ray=args.ray,
             duplicates=not args.no_duplicates,
             progress=not args.quiet,
+            evidence=KeptEvidence(Path(args.data_dir)),  # the flagged studies' images, for /review
         )
         print(
             f"swept {report.studies} studies with {report.model.name} {report.model.version}: "
@@ -651,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
     p.add_argument("--batch-size", type=int, default=16, help="studies per model batch (default 16)")
     p.add_argument(
-        "--data-dir", default="crosscheck-data", help="database folder (default ./crosscheck-data)"
+        "--data-dir",
+        default="crosscheck-data",
+        help="the service's data folder: the database, and the images and heatmaps of the flagged "
+        "studies, which the review page shows (default ./crosscheck-data)",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in --data-dir)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster (auto: start a local one)")

@@ -630,7 +630,7 @@ async def overlay(request: Request, case_id: int) -> Response:
 async def heatmap_figure(request: Request, case_id: int) -> Response:
     state, _, _ = await _logged_in(request)
     case = await _case_or_404(state, case_id)
-    path = None if case is None else state.engine.heatmap_path(case.result_id)
+    path = None if case is None else state.engine.evidence.heatmap_path(case.result_id)
     if path is None or not path.is_file():
         return Response(status_code=404)
     return _png(await asyncio.to_thread(path.read_bytes))

@@ -15,7 +15,7 @@ arriving at ingest. The engine
 - stores each result with the record snapshot it was scored against (`plugin.store.Timeline`: the
   review page's timeline), and opens a case in the investigators' queue for each flagged result
   (`plugin.store.CaseQueue`);
-- keeps the images it scored (``images/<StudyInstanceUID>/``, uploads too: `keep_study`) and
+- keeps the images it scored (``images/<StudyInstanceUID>/``, uploads too: `KeptEvidence.keep_study`) and
   each result with a heatmap PNG beside it (and the heatmap as data, with the frame
   it lies on: ``heatmaps/<result id>.json``, for the review page's overlay), and writes back (FHIR
   DetectedIssue, DICOM SR) when configured, both after the caller has its answer
@@ -25,7 +25,6 @@ arriving at ingest. The engine
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import time
@@ -46,6 +45,7 @@ from fusion.checks.duplicates import PerceptualHashIndex
 from fusion.result import CrossCheckResult
 from fusion.scorer import Prediction, Scorer
 from plugin.cases.cost import cost_weight
+from plugin.cases.evidence import KeptEvidence
 from plugin.store import CaseQueue, Store, StoredResult, Timeline
 
 __all__ = ["Checked", "Engine"]
@@ -90,6 +90,7 @@ class Engine:
         self.store = store
         self.cases = CaseQueue(store)
         self.data_dir = Path(data_dir)
+        self.evidence = KeptEvidence(self.data_dir)  # the kept images and heatmaps
         self.imaging = imaging
         self.endpoint_source = endpoint_source
         self.after_score = after_score
@@ -104,33 +105,6 @@ class Engine:
     @property
     def model_sha256(self) -> str:
         return self.scorer.model_info.sha256
-
-    def heatmap_path(self, result_id: str) -> Path:
-        return self.data_dir / "heatmaps" / f"{result_id}.png"
-
-    def heatmap_data_path(self, result_id: str) -> Path:
-        """The heatmap as data (`fusion.explain.heatmap_placement`), JSON."""
-        return self.data_dir / "heatmaps" / f"{result_id}.json"
-
-    def images_path(self, study_instance_uid: str) -> Path:
-        return self.data_dir / "images" / study_instance_uid
-
-    def keep_study(self, study: Study) -> Path:
-        """Copy an uploaded study's files under ``images/<StudyInstanceUID>/`` (replacing what was
-        kept for it), so its heatmap and the review page can read its pixels after the upload's
-        folder is gone; the folder. Blocking: call it off the event loop."""
-        folder = self.images_path(study.study_instance_uid)
-        if folder.parent != self.data_dir / "images":
-            raise ValueError(f"{study.study_instance_uid!r} is not a StudyInstanceUID")
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for n, instance in enumerate(study.instances):
-            if instance.path is not None:
-                shutil.copyfile(instance.path, tmp / f"{n:05d}.dcm")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        return folder
 
     # ------------------------------------------------------------------ lookups
     async def stored(self, study_instance_uid: str) -> StoredResult | None:
@@ -210,7 +184,7 @@ class Engine:
         )
 
     async def _assemble(self, study_instance_uid: str, record: PatientRecord | None) -> Case:
-        folder = self.images_path(study_instance_uid)
+        folder = self.evidence.images_path(study_instance_uid)
         studies = await asyncio.to_thread(self._read_cached, folder)
         if not studies:
             imaging = self._source_for(study_instance_uid, record)
@@ -285,7 +259,9 @@ class Engine:
     async def _after(self, stored: StoredResult, case: Case, prediction: Prediction) -> None:
         """The heatmap PNG (its own thread: matplotlib is slow and not thread-safe), then write-back."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._artifact_thread, self._write_heatmap, case, prediction, stored.id)
+        config = self.scorer.bundle.config.features
+        keep = partial(self.evidence.keep_heatmap, case, prediction.heatmap, stored.id, config=config)
+        await loop.run_in_executor(self._artifact_thread, keep)
         if self.after_score is not None:
             await self.after_score(stored, case, prediction)
 
@@ -294,21 +270,6 @@ class Engine:
         owner = case.patient_id or case.study.patient.patient_id or "unknown"
         self.hash_index.add(case.study, owner)
         return result, prediction
-
-    def _write_heatmap(self, case: Case, prediction: Prediction, result_id: str) -> None:
-        from fusion.explain import heatmap_placement, write_heatmap_png
-
-        config = self.scorer.bundle.config.features
-        try:
-            write_heatmap_png(case, prediction.heatmap, self.heatmap_path(result_id), config=config)
-            placement = heatmap_placement(case, prediction.heatmap, config=config)
-            if placement is not None:
-                target = self.heatmap_data_path(result_id)
-                partial_file = target.with_suffix(".json.partial")
-                partial_file.write_text(json.dumps(placement, separators=(",", ":")))
-                partial_file.replace(target)
-        except (OSError, ValueError) as exc:
-            logger.warning("no heatmap for result %s (%s)", result_id, type(exc).__name__)
 
 
 async def _quietly(work: Awaitable[Any], what: str) -> None:

@@ -262,7 +262,7 @@ async def _from_upload(state: ServiceState, request: Request) -> list[Checked]:
                 raise type(exc)(str(exc).replace(f"{folder}/dicom/", "").replace(f"{folder}/", "")) from None
             if not studies:
                 raise NoInputFound("the DICOM parts hold no study")
-            kept = [await asyncio.to_thread(state.engine.keep_study, s) for s in studies]
+            kept = [await asyncio.to_thread(state.engine.evidence.keep_study, s) for s in studies]
             studies = [s for path in kept for s in await asyncio.to_thread(_read_kept, path)]
             cases = link_cases(studies, records)
             return await state.engine.score_cases(

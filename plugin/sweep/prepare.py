@@ -41,6 +41,7 @@ __all__ = [
     "load_case",
     "prepare_many",
     "prepare_unit",
+    "read_study",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Prepared:
     checks_ms: float
     image: ImageFingerprint | None = None
     timeline: Timeline | None = None  # the record snapshot stored with the result
+    files: tuple[str, ...] = ()  # the study's files (kept for the review page if it is flagged)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
         logger.debug("study %s could not be read: %s", unit.study_instance_uid, type(exc).__name__)
         return Failed(unit, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
-    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, _timeline(unit, case))
+    files = tuple(str(i.path) for i in case.study.instances if i.path is not None)
+    timeline = _timeline(unit, case)
+    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, timeline, files)
 
 
 def _timeline(unit: SweepUnit, case: Case) -> Timeline | None:
@@ -169,23 +173,23 @@ def prepare_many(units: list[SweepUnit], config: ReaderConfig) -> list[Prepared 
     return [prepare_unit(u, config) for u in units]
 
 
+def read_study(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -> Study | None:
+    """The unit's study alone (no record): from its folder, or fetched from the PACS."""
+    if unit.source is not None:
+        return load_server_study(unit, strictness)
+    studies = read_dicom(unit.dicom, strictness=strictness)
+    return next((s for s in studies if s.study_instance_uid == unit.study_instance_uid), None)
+
+
 def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -> Fingerprinted:
     """The study's perceptual hashes for the duplicate index (``None``: no pixels, or unreadable),
     under its patient id as `plugin.check.build_hash_index` keys them: for the studies a
     resumed sweep did before, whose results are stored but whose hashes are not."""
     fp: ImageFingerprint | None = None
     try:
-        studies = (
-            [
-                s
-                for s in read_dicom(unit.dicom, strictness=strictness)
-                if s.study_instance_uid == unit.study_instance_uid
-            ]
-            if unit.source is None
-            else [load_server_study(unit, strictness)]
-        )
-        if studies:
-            fp = _fingerprint(unit, studies[0])
+        study = read_study(unit, strictness)
+        if study is not None:
+            fp = _fingerprint(unit, study)
     except Exception as exc:
         logger.debug("study %s not indexed: %s", unit.study_instance_uid, type(exc).__name__)
     return Fingerprinted(unit.fingerprint, unit.patient_id or "unknown", fp)

@@ -20,20 +20,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from connectors import link_cases, read_dicom
 from connectors.domain import SiteProfile
+from fusion.features import FeatureConfig
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import ModelInfo
 from fusion.scorer import with_check_findings
+from plugin.cases.evidence import KeptEvidence
 from plugin.store import CaseQueue, Store, StoredResult
 from plugin.sweep.local import LocalEngine
-from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig
+from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig, read_study
 from plugin.sweep.scoring import DUPLICATE_FAMILY, Amendment, Swept
 from plugin.sweep.units import SweepUnit
 
@@ -74,8 +77,13 @@ def run_sweep(
     ray: str | None = None,
     duplicates: bool = True,
     progress: bool = True,
+    evidence: KeptEvidence | None = None,
 ) -> SweepReport:
-    """Score the ``units`` not yet stored with this model, writing results to ``store`` as they come."""
+    """Score the ``units`` not yet stored with this model, writing results to ``store`` as they come.
+
+    Every flagged result opens a case in the investigators' queue; with ``evidence`` (the
+    service's data folder) its study's images and its heatmap are kept there for the review
+    page, as the service keeps those of the studies it scores."""
     if workers < 1 or batch_size < 1:
         raise ValueError("workers and batch size must be at least 1")
     t0 = time.perf_counter()
@@ -119,6 +127,7 @@ def run_sweep(
                 "the model loaded for scoring is not the one the sweep checked its work against"
             )
         sweep_id = store.start_sweep(model=info, description=description, studies=len(units))
+        cases = _Cases(store, info.sha256, units, evidence, loaded.config.features, strictness)
         with tqdm(total=len(todo), desc="sweep", unit="study", disable=not progress) as bar:
             for batch, amendments in engine.results(todo):
                 swept = [b for b in batch if isinstance(b, Swept)]
@@ -129,8 +138,8 @@ def run_sweep(
                     changes = [(r.id, r.result) for r in amended]
                     timelines = [b.timeline for b in swept]
                     stored += store.save_sweep_results(sweep_id, items, amended=changes, timelines=timelines)
-                    flagged = [r.inputs for r in amended if r.result.flagged]
-                    _open_cases(store, [*(inputs for r, inputs in items if r.flagged), *flagged], info.sha256)
+                    flagged: list[Swept | StoredResult] = [b for b in swept if b.result.flagged]
+                    cases.opened(flagged + [r for r in amended if r.result.flagged])
                 bar.update(len(batch))
         store.finish_sweep(sweep_id)
     for uid, reason in failures:
@@ -164,14 +173,58 @@ def _amended(store: Store, amendments: Sequence[Amendment], sha256: str) -> list
     return changed
 
 
-def _open_cases(store: Store, flagged: Sequence[Mapping[str, str]], sha256: str) -> None:
-    """A case in the investigators' queue for each flagged result, by its inputs (idempotent: one
-    per study).
+class _Cases:
+    """Opens a case in the queue for each flagged result (idempotent: one per study), and keeps its
+    study's images and heatmap for the review page.
 
     The sweep's results come back without their study, so the case is weighted by the
     queue's default; the review page can re-weight it from the record."""
-    queue = CaseQueue(store)
-    for inputs in flagged:
-        stored = store.result_for_inputs(inputs, sha256)
-        if stored is not None:
-            queue.open_case_for(stored)
+
+    def __init__(
+        self,
+        store: Store,
+        sha256: str,
+        units: Sequence[SweepUnit],
+        evidence: KeptEvidence | None,
+        config: FeatureConfig,
+        strictness: str,
+    ) -> None:
+        self.store, self.sha256, self.evidence, self.config = store, sha256, evidence, config
+        self.strictness = strictness
+        self.queue = CaseQueue(store)
+        self.units = {u.fingerprint: u for u in units}
+
+    def opened(self, flagged: Sequence[Swept | StoredResult]) -> None:
+        for item in flagged:
+            if isinstance(item, Swept):
+                unit: SweepUnit | None = item.unit
+                stored = self.store.swept_result(self.sha256, item.unit.fingerprint)
+            else:  # an amended result: its study is one of the sweep's
+                unit, stored = self.units.get(item.input_fingerprint or ""), item
+            if stored is None:
+                continue
+            self.queue.open_case_for(stored)
+            if self.evidence is not None and unit is not None:
+                self._keep(unit, stored.id, item if isinstance(item, Swept) else None)
+
+    def _keep(self, unit: SweepUnit, result_id: str, swept: Swept | None) -> None:
+        """The study's files under the data folder, and the heatmap's data (no figure: drawing it
+        would take the readers' cores); a failure costs the review page its image, not the result."""
+        assert self.evidence is not None
+        uid = unit.study_instance_uid
+        try:
+            if swept is not None and swept.files and unit.source is None:
+                folder = self.evidence.keep_files(uid, [Path(f) for f in swept.files])
+            else:
+                study = read_study(unit, self.strictness)
+                if study is None:
+                    raise FileNotFoundError(f"study {uid} is no longer where the sweep read it")
+                folder = self.evidence.keep_study(study)
+            if swept is not None and swept.heatmap is not None:
+                studies = read_dicom(folder, strictness=self.strictness)
+                kept = [s for s in studies if s.study_instance_uid == uid]
+                case = link_cases(kept[:1], [])[0]  # the heatmap lies on the pixels: no record needed
+                self.evidence.keep_heatmap(case, swept.heatmap, result_id, config=self.config, figure=False)
+        except Exception as exc:
+            logger.warning("the images of a flagged study were not kept (%s)", type(exc).__name__)
+            logger.debug("study %s not kept: %s", uid, exc)

@@ -22,13 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from fusion.checks import finding_order
 from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, duplicate_findings
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import CrossCheckResult, Finding, ModelInfo
-from fusion.scorer import Scorer
+from fusion.scorer import Prediction, Scorer
 from plugin.store import Timeline
 from plugin.sweep.prepare import Failed, Fingerprinted, Prepared
 from plugin.sweep.units import SweepUnit
@@ -38,11 +40,14 @@ __all__ = ["DUPLICATE_FAMILY", "Amendment", "Scored", "SweepScorer", "Swept"]
 
 @dataclass(frozen=True)
 class Swept:
-    """A study scored: its unit, its result and the record snapshot to keep with it."""
+    """A study scored: its unit, its result and the record snapshot to keep with it; for a flagged
+    result also its heatmap, which the review page draws over the image."""
 
     unit: SweepUnit
     result: CrossCheckResult
     timeline: Timeline | None = None
+    heatmap: NDArray[np.float32] | None = None  # the tamper heatmap's logits, of a flagged result
+    files: tuple[str, ...] = ()  # the study's files as the reader read them
 
 
 #: A study scored, or one that could not be read.
@@ -50,6 +55,10 @@ Scored = Swept | Failed
 
 #: The finding codes of the duplicate check start with it (`fusion.scorer.with_check_findings`).
 DUPLICATE_FAMILY = "duplicate"
+
+
+#: A result as `Scorer.assemble` gives it, with the model's prediction it came from.
+Assembled = tuple[CrossCheckResult, Prediction]
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,9 @@ class SweepScorer:
     def device(self) -> str:
         return str(self.scorer.bundle.device)
 
-    def score(self, batch: Sequence[Prepared]) -> tuple[list[CrossCheckResult], list[Amendment]]:
-        """One model forward for the whole batch; results in the batch's order, and the studies of
-        earlier batches whose duplicate findings the batch changed."""
+    def score(self, batch: Sequence[Prepared]) -> tuple[list[Assembled], list[Amendment]]:
+        """One model forward for the whole batch; results (with the model's predictions) in the
+        batch's order, and the studies of earlier batches whose duplicate findings the batch changed."""
         if not batch:
             return [], []
         duplicates, amendments = self._index_batch(batch)
@@ -123,7 +132,8 @@ class SweepScorer:
                 "model": model_ms,
                 "checks": p.checks_ms + (time.perf_counter() - t) * 1000,
             }
-            results.append(self.scorer.assemble(p.ref, p.features, prediction, findings, timings))
+            result = self.scorer.assemble(p.ref, p.features, prediction, findings, timings)
+            results.append((result, prediction))
         return results, amendments
 
     def score_items(self, items: Sequence[Prepared | Failed]) -> tuple[list[Scored], list[Amendment]]:
@@ -131,9 +141,7 @@ class SweepScorer:
         prepared = [i for i in items if isinstance(i, Prepared)]
         scored, amendments = self.score(prepared)
         results = iter(scored)
-        return [
-            i if isinstance(i, Failed) else Swept(i.unit, next(results), i.timeline) for i in items
-        ], amendments
+        return [i if isinstance(i, Failed) else _swept(i, *next(results)) for i in items], amendments
 
     def _add(
         self, unit_fingerprint: str, patient_key: str, patient_id: str | None, image: ImageFingerprint
@@ -179,3 +187,8 @@ class SweepScorer:
         if self.index is None or patient_id is None:
             return ()
         return tuple(duplicate_findings(study_instance_uid, self.index.query_fingerprint(image, patient_id)))
+
+
+def _swept(prepared: Prepared, result: CrossCheckResult, prediction: Prediction) -> Swept:
+    heatmap = prediction.heatmap if result.flagged else None
+    return Swept(prepared.unit, result, prepared.timeline, heatmap, prepared.files)

@@ -54,6 +54,15 @@ def test_sweep_stores_one_result_per_study_like_check(
         timelines = [store.timeline(i) for i in ids]
     assert {c.study_instance_uid for c in cases} == flagged  # every flagged result is in the queue
     assert all(t is not None and t.entries for t in timelines)  # each with its record snapshot
+    for c in cases:  # what the review page shows of a case: its images, and the model's heatmap
+        assert any((tmp_path / "images" / c.study_instance_uid).glob("*.dcm"))
+    with sqlite3.connect(tmp_path / "crosscheck.db") as con:
+        by_model = [
+            i
+            for i, js in con.execute("SELECT id, result_json FROM results WHERE flagged")
+            if any(f["code"].startswith("model.") for f in json.loads(js)["findings"])
+        ]
+    assert by_model and all((tmp_path / "heatmaps" / f"{i}.json").is_file() for i in by_model)
 
 
 def test_a_second_sweep_skips_what_is_stored(cohort: Path, tmp_path: Path, sweep_rows: Rows) -> None:
