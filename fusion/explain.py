@@ -25,10 +25,10 @@ from matplotlib.patches import Rectangle
 from numpy.typing import NDArray
 
 from connectors.domain import Case
-from fusion.features import FeatureConfig, central_frame, examined_frame
+from fusion.features import FeatureConfig, central_frame, examined_window
 from fusion.result import CrossCheckResult, Severity
 
-__all__ = ["heatmap_placement", "summary", "write_heatmap_png"]
+__all__ = ["heatmap_placement", "heatmap_site", "summary", "with_probability", "write_heatmap_png"]
 
 _MAX_ITEMS = 3
 _REPORT_WORD = "report says "  # the label of a report-word token (fusion.features)
@@ -112,30 +112,40 @@ def write_heatmap_png(
     return path
 
 
-def heatmap_placement(
-    case: Case, heatmap_logits: NDArray[np.float32], *, config: FeatureConfig | None = None
-) -> dict[str, Any] | None:
-    """The tamper heatmap as JSON-ready data: ``probability`` (p(tampered) per region, rows of the
-    grid), the frame it lies on (``series_instance_uid``, ``sop_instance_uid``, 1-based ``frame``,
-    its ``rows`` and ``columns``) and the square window of ``size`` pixels at ``top``, ``left``
-    that the forensic branch examined. None when the case has no decodable pixels."""
+def heatmap_site(case: Case, *, config: FeatureConfig | None = None) -> dict[str, Any] | None:
+    """Where the tamper heatmap of a case lies, as JSON-ready data: the frame the forensic branch
+    examined (``series_instance_uid``, ``sop_instance_uid``, 1-based ``frame``, its ``rows`` and
+    ``columns``) and the square window of ``size`` pixels at ``top``, ``left``; None when the case
+    has no decodable pixels. `heatmap_placement` without the probabilities: what a batch sweep's
+    readers note for every study, before the model has said which are flagged."""
     config = config or FeatureConfig()
-    found = central_frame(case, config)
-    where = examined_frame(case)
-    if found is None or where is None:
+    found = examined_window(case, config)
+    if found is None:
         return None
-    frame, _, (top, left) = found
-    instance, number = where
+    instance, number, (rows, columns), (top, left) = found
     series = next(s for s in case.study.series if any(i is instance for i in s.instances))
-    prob = 1.0 / (1.0 + np.exp(-np.asarray(heatmap_logits, np.float64)))
     return {
         "series_instance_uid": series.series_instance_uid,
         "sop_instance_uid": instance.sop_instance_uid,
         "frame": number,
-        "rows": int(frame.shape[0]),
-        "columns": int(frame.shape[1]),
+        "rows": int(rows),
+        "columns": int(columns),
         "top": int(top),
         "left": int(left),
         "size": int(config.forensic_crop),
-        "probability": [[round(float(v), 4) for v in row] for row in prob],
     }
+
+
+def heatmap_placement(
+    case: Case, heatmap_logits: NDArray[np.float32], *, config: FeatureConfig | None = None
+) -> dict[str, Any] | None:
+    """The tamper heatmap as JSON-ready data: `heatmap_site` with ``probability`` (p(tampered) per
+    region, rows of the grid). None when the case has no decodable pixels."""
+    site = heatmap_site(case, config=config)
+    return None if site is None else with_probability(site, heatmap_logits)
+
+
+def with_probability(site: dict[str, Any], heatmap_logits: NDArray[np.float32]) -> dict[str, Any]:
+    """A `heatmap_site` with the heatmap's ``probability`` grid from the model's logits."""
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(heatmap_logits, np.float64)))
+    return {**site, "probability": [[round(float(v), 4) for v in row] for row in prob]}

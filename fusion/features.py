@@ -66,6 +66,7 @@ __all__ = [  # constants (MODALITIES, NUM_TOKEN_KINDS) are importable but left o
     "TokenKind",
     "central_frame",
     "examined_frame",
+    "examined_window",
     "extract_features",
     "hash_bucket",
     "lab_label",
@@ -353,10 +354,31 @@ def central_frame(
     except Exception:  # undecodable pixels: nothing to show (the checks report it)
         return None
     shown = _normalise([frame], mod_name)[0]
-    h, w = frame.shape
-    crop = config.forensic_crop
-    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    return shown.astype(np.float32), mod_name, (top, left)
+    return shown.astype(np.float32), mod_name, _crop_origin(frame.shape, config.forensic_crop)
+
+
+def examined_window(
+    case: Case, config: FeatureConfig
+) -> tuple[Instance, int, tuple[int, int], tuple[int, int]] | None:
+    """Where the forensic branch looks, without normalising the frame for display: the instance,
+    its 1-based frame number, the frame's (rows, columns) and the (top, left) of the
+    ``forensic_crop`` window within it; None when there are no decodable pixels."""
+    try:
+        series = _image_series(case)
+        reader = _FrameReader(series)
+        if len(reader) == 0:
+            return None
+        position = _examined_position(len(reader), modality_name(series.modality))
+        h, w = reader.frame(position).shape
+    except Exception:  # undecodable pixels: nowhere (the checks report it)
+        return None
+    instance, k = reader.index[position]
+    return instance, k + 1, (h, w), _crop_origin((h, w), config.forensic_crop)
+
+
+def _crop_origin(shape: tuple[int, ...], crop: int) -> tuple[int, int]:
+    h, w = shape[0], shape[1]
+    return max(0, (h - crop) // 2), max(0, (w - crop) // 2)
 
 
 def window(x: NDArray[np.float32], low: float, high: float) -> NDArray[np.float32]:

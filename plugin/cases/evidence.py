@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,10 +87,14 @@ class KeptEvidence:
                 write_heatmap_png(case, heatmap_logits, self.heatmap_path(result_id), config=config)
             placement = heatmap_placement(case, heatmap_logits, config=config)
             if placement is not None:
-                target = self.heatmap_data_path(result_id)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial_file = target.with_suffix(".json.partial")
-                partial_file.write_text(json.dumps(placement, separators=(",", ":")))
-                partial_file.replace(target)
+                self.keep_heatmap_data(result_id, placement)
         except (OSError, ValueError) as exc:
             logger.warning("no heatmap for result %s (%s)", result_id, type(exc).__name__)
+
+    def keep_heatmap_data(self, result_id: str, placement: Mapping[str, Any]) -> None:
+        """Write a result's heatmap data (`fusion.explain.heatmap_placement`)."""
+        target = self.heatmap_data_path(result_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial_file = target.with_suffix(".json.partial")
+        partial_file.write_text(json.dumps(placement, separators=(",", ":")))
+        partial_file.replace(target)

@@ -17,11 +17,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from connectors import Strictness, link_cases, read_bundle, read_dicom
 from connectors.domain import Case, PatientRecord, SiteProfile, Study
 from fusion.checks import CHECKS, CheckContext, run_checks
 from fusion.checks.duplicates import ImageFingerprint, fingerprint
+from fusion.explain import heatmap_site
 from fusion.features import CaseFeatures
 from fusion.model.factory import Preprocess
 from fusion.result import CaseRef, Finding
@@ -76,6 +78,7 @@ class Prepared:
     image: ImageFingerprint | None = None
     timeline: Timeline | None = None  # the record snapshot stored with the result
     files: tuple[str, ...] = ()  # the study's files (kept for the review page if it is flagged)
+    heatmap_site: dict[str, Any] | None = None  # where its heatmap lies (`fusion.explain.heatmap_site`)
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,9 @@ def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
         return Failed(unit, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     ref = CaseRef(case.patient_id, case.study_instance_uid, case.study.accession_number)
     files = tuple(str(i.path) for i in case.study.instances if i.path is not None)
+    site = heatmap_site(case, config=config.preprocess.config)  # frame already decoded: no cost
     timeline = _timeline(unit, case)
-    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, timeline, files)
+    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, timeline, files, site)
 
 
 def _timeline(unit: SweepUnit, case: Case) -> Timeline | None:

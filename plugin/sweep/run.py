@@ -27,9 +27,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from connectors import link_cases, read_dicom
 from connectors.domain import SiteProfile
-from fusion.features import FeatureConfig
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import ModelInfo
 from fusion.scorer import with_check_findings
@@ -127,7 +125,7 @@ def run_sweep(
                 "the model loaded for scoring is not the one the sweep checked its work against"
             )
         sweep_id = store.start_sweep(model=info, description=description, studies=len(units))
-        cases = _Cases(store, info.sha256, units, evidence, loaded.config.features, strictness)
+        cases = _Cases(store, info.sha256, units, evidence, strictness)
         with tqdm(total=len(todo), desc="sweep", unit="study", disable=not progress) as bar:
             for batch, amendments in engine.results(todo):
                 swept = [b for b in batch if isinstance(b, Swept)]
@@ -186,10 +184,9 @@ class _Cases:
         sha256: str,
         units: Sequence[SweepUnit],
         evidence: KeptEvidence | None,
-        config: FeatureConfig,
         strictness: str,
     ) -> None:
-        self.store, self.sha256, self.evidence, self.config = store, sha256, evidence, config
+        self.store, self.sha256, self.evidence = store, sha256, evidence
         self.strictness = strictness
         self.queue = CaseQueue(store)
         self.units = {u.fingerprint: u for u in units}
@@ -208,23 +205,21 @@ class _Cases:
                 self._keep(unit, stored.id, item if isinstance(item, Swept) else None)
 
     def _keep(self, unit: SweepUnit, result_id: str, swept: Swept | None) -> None:
-        """The study's files under the data folder, and the heatmap's data (no figure: drawing it
-        would take the readers' cores); a failure costs the review page its image, not the result."""
+        """The study's files under the data folder (copied, or fetched again for a server sweep),
+        and the heatmap's data (no figure: drawing it would take the readers' cores); a failure
+        costs the review page its image, not the result."""
         assert self.evidence is not None
         uid = unit.study_instance_uid
         try:
             if swept is not None and swept.files and unit.source is None:
-                folder = self.evidence.keep_files(uid, [Path(f) for f in swept.files])
+                self.evidence.keep_files(uid, [Path(f) for f in swept.files])
             else:
                 study = read_study(unit, self.strictness)
                 if study is None:
                     raise FileNotFoundError(f"study {uid} is no longer where the sweep read it")
-                folder = self.evidence.keep_study(study)
+                self.evidence.keep_study(study)
             if swept is not None and swept.heatmap is not None:
-                studies = read_dicom(folder, strictness=self.strictness)
-                kept = [s for s in studies if s.study_instance_uid == uid]
-                case = link_cases(kept[:1], [])[0]  # the heatmap lies on the pixels: no record needed
-                self.evidence.keep_heatmap(case, swept.heatmap, result_id, config=self.config, figure=False)
+                self.evidence.keep_heatmap_data(result_id, swept.heatmap)
         except Exception as exc:
             logger.warning("the images of a flagged study were not kept (%s)", type(exc).__name__)
             logger.debug("study %s not kept: %s", uid, exc)

@@ -21,13 +21,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from fusion.checks import finding_order
 from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, duplicate_findings
+from fusion.explain import with_probability
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import CrossCheckResult, Finding, ModelInfo
 from fusion.scorer import Prediction, Scorer
@@ -46,7 +46,7 @@ class Swept:
     unit: SweepUnit
     result: CrossCheckResult
     timeline: Timeline | None = None
-    heatmap: NDArray[np.float32] | None = None  # the tamper heatmap's logits, of a flagged result
+    heatmap: dict[str, Any] | None = None  # of a flagged result: `fusion.explain.heatmap_placement`
     files: tuple[str, ...] = ()  # the study's files as the reader read them
 
 
@@ -190,5 +190,6 @@ class SweepScorer:
 
 
 def _swept(prepared: Prepared, result: CrossCheckResult, prediction: Prediction) -> Swept:
-    heatmap = prediction.heatmap if result.flagged else None
+    site = prepared.heatmap_site
+    heatmap = with_probability(site, prediction.heatmap) if result.flagged and site is not None else None
     return Swept(prepared.unit, result, prepared.timeline, heatmap, prepared.files)
