@@ -140,10 +140,11 @@ def _texture_residual(image: Image.Image) -> NDArray[np.float32] | None:
 
     small = np.asarray(image.resize((_TEXTURE_SIZE, _TEXTURE_SIZE), Image.Resampling.BOX), np.float32)
     residual = small - gaussian_filter(small, 1.0)
-    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    sample = residual[::2, ::2]  # a quarter of the pixels estimate the spread as well, 4x faster
+    spread = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     if spread > 0:
         # clip edges so that noise and fine detail, not the shared anatomy's outlines, decide
-        residual = np.clip(residual, -_TEXTURE_CLIP * spread, _TEXTURE_CLIP * spread)
+        np.clip(residual, -_TEXTURE_CLIP * spread, _TEXTURE_CLIP * spread, out=residual)
     residual -= residual.mean()
     norm = float(np.linalg.norm(residual))
     if norm < 1e-6:
