@@ -25,6 +25,7 @@ import functools
 import multiprocessing
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from fusion.cohort.simulate import simulate
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.scorer import Scorer
 from plugin.cases.evidence import KeptEvidence
-from plugin.store import Store
+from plugin.store import Store, StoredResult
 from plugin.sweep import run_sweep, units_from_folder
 from plugin.sweep.prepare import init_reader, load_case
 from plugin.sweep.units import SweepUnit
@@ -102,7 +103,12 @@ def main() -> None:
                 )
                 assert report.stored + report.failed == n
                 reports[engine] = report
-                results[engine] = _results(store, report.model.sha256, [u.fingerprint for u in units])
+                swept = store.swept_results(report.model.sha256, [u.fingerprint for u in units])
+                results[engine] = _results(swept)
+                if engine is None:
+                    stages = {
+                        k: statistics.mean(s.result.timings_ms.get(k, 0.0) for s in swept) for k in STAGES
+                    }
         bound_rate = n / bound_s
         print(f"machine: {_cpu()}, {os.cpu_count()} cores, device {loaded.device}; {args.workers} readers")
         print(f"studies: {n}")
@@ -113,6 +119,10 @@ def main() -> None:
             f"({local.seconds:.1f} s; {local.stored} stored, {local.failed} failed)"
         )
         print(f"ratio: {n / local.seconds / bound_rate:.2f} (target >= 0.8)")
+        print(
+            "per study in the sweep, mean ms (a reader's or the model's time): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        )
         if args.ray:
             on_ray = reports["auto"]
             rate, secs = n / on_ray.seconds, on_ray.seconds
@@ -127,7 +137,12 @@ def main() -> None:
 Row = tuple[bool, tuple[str, ...], float, float | None, float | None]
 
 
-def _results(store: Store, sha256: str, fingerprints: list[str]) -> dict[str, Row]:
+#: The stages a swept result's ``timings_ms`` names: reading and linking, preprocessing, the rule
+#: checks with the perceptual hashes, and the model's share of its batch.
+STAGES = ("read", "features", "checks", "model")
+
+
+def _results(swept: list[StoredResult]) -> dict[str, Row]:
     return {
         s.result.case.study_instance_uid: (
             s.result.flagged,
@@ -136,7 +151,7 @@ def _results(store: Store, sha256: str, fingerprints: list[str]) -> dict[str, Ro
             s.result.scores.consistency,
             s.result.scores.synthetic,
         )
-        for s in store.swept_results(sha256, fingerprints)
+        for s in swept
     }
 
 

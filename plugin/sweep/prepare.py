@@ -79,6 +79,7 @@ class Prepared:
     timeline: Timeline | None = None  # the record snapshot stored with the result
     files: tuple[str, ...] = ()  # the study's files (kept for the review page if it is flagged)
     heatmap_site: dict[str, Any] | None = None  # where its heatmap lies (`fusion.explain.heatmap_site`)
+    read_ms: float = 0.0  # reading and linking the study and its record
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -
 def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
     """Read, link, extract features and run the rule checks (all but the duplicate one)."""
     try:
+        t = time.perf_counter()
         case = load_case(unit, config.strictness)
+        read_ms = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         features = config.preprocess(case)
         feature_ms = (time.perf_counter() - t) * 1000
@@ -152,7 +155,9 @@ def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
     files = tuple(str(i.path) for i in case.study.instances if i.path is not None)
     site = heatmap_site(case, config=config.preprocess.config)  # frame already decoded: no cost
     timeline = _timeline(unit, case)
-    return Prepared(unit, ref, features, findings, feature_ms, checks_ms, image, timeline, files, site)
+    return Prepared(
+        unit, ref, features, findings, feature_ms, checks_ms, image, timeline, files, site, read_ms
+    )
 
 
 def _timeline(unit: SweepUnit, case: Case) -> Timeline | None:

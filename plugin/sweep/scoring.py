@@ -128,6 +128,7 @@ class SweepScorer:
             found = [*p.findings, *duplicates.get(p.unit.fingerprint, ())]
             findings = tuple(sorted(found, key=finding_order))
             timings = {
+                "read": p.read_ms,
                 "features": p.feature_ms,
                 "model": model_ms,
                 "checks": p.checks_ms + (time.perf_counter() - t) * 1000,
