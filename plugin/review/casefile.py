@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,14 @@ class SeriesView:
 
 @dataclass(frozen=True)
 class SimilarImage:
-    """A study elsewhere in the archive whose image matches this one (`PerceptualHashIndex`), and
-    its case when it has one."""
+    """A study elsewhere in the archive whose image matches this one (the service's
+    `PerceptualHashIndex`, or the duplicate findings of the result: a sweep's), and its case when
+    it has one; distances None where the finding does not give them."""
 
     study_instance_uid: str
     same_patient: bool
-    phash_distance: int
-    dhash_distance: int
+    phash_distance: int | None
+    dhash_distance: int | None
     texture_correlation: float | None
     case_id: int | None
 
@@ -171,6 +172,11 @@ def build_case_file(
                     None if other is None else other.id,
                 )
             )
+    if stored is not None:  # the duplicates the result found (a sweep's index is not the service's)
+        shown = {m.study_instance_uid for m in similar or ()}
+        found = [m for m in _duplicates_found(stored.result) if m.study_instance_uid not in shown]
+        if found:
+            similar = [*(similar or ()), *(_with_case(m, queue) for m in found)]
     timeline, timeline_note = _timeline(store, case.result_id, stored)
     return CaseFile(
         case=case,
@@ -209,3 +215,27 @@ def _position(study: Any, heatmap: dict[str, Any]) -> tuple[str, int] | None:
             ):
                 return series.series_instance_uid, n
     return None
+
+
+def _duplicates_found(result: CrossCheckResult) -> list[SimilarImage]:
+    """The matches a result's duplicate findings name (`fusion.checks.duplicates.duplicate_findings`
+    evidence: each other study's StudyInstanceUID, then its hash distances and texture correlation)."""
+    own = result.case.study_instance_uid
+    found: list[SimilarImage] = []
+    for finding in result.findings:
+        if not finding.code.startswith("duplicate."):
+            continue
+        same = finding.code == "duplicate.same-patient"
+        for e in finding.evidence:
+            if e.kind == "dicom" and e.reference == "StudyInstanceUID" and e.value != own:
+                found.append(SimilarImage(str(e.value), same, None, None, None, None))
+            elif found and e.reference == "hamming-distance-phash-dhash" and isinstance(e.value, list):
+                found[-1] = replace(found[-1], phash_distance=int(e.value[0]), dhash_distance=int(e.value[1]))
+            elif found and e.reference == "texture-correlation" and isinstance(e.value, int | float):
+                found[-1] = replace(found[-1], texture_correlation=float(e.value))
+    return found
+
+
+def _with_case(match: SimilarImage, queue: CaseQueue) -> SimilarImage:
+    other = queue.case_for_study(match.study_instance_uid)
+    return match if other is None else replace(match, case_id=other.id)

@@ -1,5 +1,5 @@
 """A server sweep's selection, its units' inputs, and its command line, without servers (fakes and
-`httpx.MockTransport`; the real Orthanc and FHIR server are in tests/integration/test_server_sweep_live.py)."""
+`httpx.MockTransport`; the real Orthanc and FHIR server: tests/integration/test_server_sweep_live.py)."""
 
 from __future__ import annotations
 
