@@ -325,9 +325,9 @@ def _examined_position(frames: int, mod_name: str) -> int:
     )
 
 
-def examined_frame(case: Case) -> tuple[Instance, int] | None:
-    """The instance, and its 1-based frame number, whose frame the forensic branch examines
-    (`central_frame` shows it); None when the study has no pixels."""
+def _examined(case: Case) -> tuple[_FrameReader, int, str] | None:
+    """The frames of the series the forensic branch reads, the position of the one it examines,
+    and the modality's name; None when the study has no image series or no frames."""
     try:
         series = _image_series(case)
     except ValueError:
@@ -335,7 +335,18 @@ def examined_frame(case: Case) -> tuple[Instance, int] | None:
     reader = _FrameReader(series)
     if len(reader) == 0:
         return None
-    instance, k = reader.index[_examined_position(len(reader), modality_name(series.modality))]
+    mod_name = modality_name(series.modality)
+    return reader, _examined_position(len(reader), mod_name), mod_name
+
+
+def examined_frame(case: Case) -> tuple[Instance, int] | None:
+    """The instance, and its 1-based frame number, whose frame the forensic branch examines
+    (`central_frame` shows it); None when the study has no pixels."""
+    found = _examined(case)
+    if found is None:
+        return None
+    reader, position, _ = found
+    instance, k = reader.index[position]
     return instance, k + 1
 
 
@@ -345,12 +356,11 @@ def central_frame(
     """The frame the forensic branch looks at, normalised to 0..1 for display, its modality, and
     the (top, left) of the ``forensic_crop`` window within it; None when there are no pixels."""
     try:
-        series = _image_series(case)
-        reader = _FrameReader(series)
-        if len(reader) == 0:
+        found = _examined(case)
+        if found is None:
             return None
-        mod_name = modality_name(series.modality)
-        frame = reader.frame(_examined_position(len(reader), mod_name))
+        reader, position, mod_name = found
+        frame = reader.frame(position)
     except Exception:  # undecodable pixels: nothing to show (the checks report it)
         return None
     shown = _normalise([frame], mod_name)[0]
@@ -364,11 +374,10 @@ def examined_window(
     its 1-based frame number, the frame's (rows, columns) and the (top, left) of the
     ``forensic_crop`` window within it; None when there are no decodable pixels."""
     try:
-        series = _image_series(case)
-        reader = _FrameReader(series)
-        if len(reader) == 0:
+        found = _examined(case)
+        if found is None:
             return None
-        position = _examined_position(len(reader), modality_name(series.modality))
+        reader, position, _ = found
         h, w = reader.frame(position).shape
     except Exception:  # undecodable pixels: nowhere (the checks report it)
         return None

@@ -332,13 +332,18 @@ def _cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_settings(args: argparse.Namespace) -> Any:
+    """The settings of a command with `_add_database_arguments` (``CROSSCHECK_*`` under them)."""
+    from plugin.settings import load_settings
+
+    return load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
+
+
 def _open_store(args: argparse.Namespace) -> Any:
     """The plugin's database of ``--database-url``, else of the settings (``CROSSCHECK_*``)."""
-    from plugin.settings import load_settings
     from plugin.store import Store
 
-    settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
-    return Store.open(settings.database)
+    return Store.open(_store_settings(args).database)
 
 
 def _cmd_labels(args: argparse.Namespace) -> int:
@@ -357,7 +362,6 @@ def _cmd_labels(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from plugin.review.report import write_report
-    from plugin.settings import load_settings
     from plugin.store import Store
 
     ids = []
@@ -365,7 +369,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not given.isdigit():
             raise UsageError(f"{given!r} is not a case id: give the numbers the review page's queue shows")
         ids.append(int(given))
-    settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
+    settings = _store_settings(args)
     with Store.open(settings.database) as store:
         out = write_report(ids, Path(args.out), store=store, data_dir=settings.data_dir)
     print(f"wrote the report of {len(set(ids))} case{'' if len(set(ids)) == 1 else 's'} to {out}")
@@ -389,15 +393,14 @@ def _new_password() -> str:
 
 def _cmd_users(args: argparse.Namespace) -> int:
     from plugin.review.session import load_secret
-    from plugin.settings import load_settings
     from plugin.store import Actor, ActorKind, AuditAction, LoginThrottle, UserRole, Users
 
     cli = Actor(ActorKind.SYSTEM, "cli")
     with _open_store(args) as store:
         users = Users(store)
         if args.action == "unlock":  # the name's failed logins forgotten, its lock-out lifted
-            settings = load_settings({"database_url": args.database_url, "data_dir": args.data_dir})
-            LoginThrottle(store, load_secret(settings.data_dir)).succeeded(args.name, None)
+            secret = load_secret(_store_settings(args).data_dir)
+            LoginThrottle(store, secret).succeeded(args.name, None)
             store.audit(AuditAction.USER_UNLOCK, cli, detail={"user": args.name})
             print(f"unlocked {args.name}")
             return 0

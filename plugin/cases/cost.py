@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from connectors.domain import Case, ImagingOrder, PatientRecord
+from plugin.store.snapshots import as_utc
 
 __all__ = ["BILLED_FACTOR", "MODALITY_WEIGHTS", "CostWeight", "cost_weight"]
 
@@ -108,9 +109,4 @@ def _not_before(order: ImagingOrder, study_time: datetime | None, *, unknown: bo
     placed = order.authored or order.occurrence
     if placed is None or study_time is None:
         return unknown
-    return _utc(placed) > _utc(study_time)
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive datetimes (DICOM's, without an offset) are taken as UTC, so both kinds compare."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return as_utc(placed) > as_utc(study_time)

@@ -78,13 +78,11 @@ class KeptEvidence:
         result_id: str,
         *,
         config: FeatureConfig,
-        figure: bool = True,
     ) -> None:
-        """The heatmap's data (and its figure, with ``figure``) for a result; a study without
-        decodable pixels gets none (logged, never raised: the result stands without it)."""
+        """The heatmap's figure and data for a result; a study without decodable pixels gets none
+        (logged, never raised: the result stands without it)."""
         try:
-            if figure:
-                write_heatmap_png(case, heatmap_logits, self.heatmap_path(result_id), config=config)
+            write_heatmap_png(case, heatmap_logits, self.heatmap_path(result_id), config=config)
             placement = heatmap_placement(case, heatmap_logits, config=config)
             if placement is not None:
                 self.keep_heatmap_data(result_id, placement)

@@ -125,14 +125,10 @@ def load_case(unit: SweepUnit, strictness: Strictness | str = Strictness.WARN) -
     if unit.source is not None:
         return load_server_case(unit, strictness)
     records: list[PatientRecord] = _records(Path(unit.bundle), strictness) if unit.bundle else []
-    studies = [
-        s
-        for s in read_dicom(unit.dicom, strictness=strictness)
-        if s.study_instance_uid == unit.study_instance_uid
-    ]
-    if not studies:
+    study = read_study(unit, strictness)
+    if study is None:
         raise FileNotFoundError(f"{unit.dicom}: study {unit.study_instance_uid} is no longer there")
-    return link_cases([studies[0].decoding_once()], records)[0]
+    return link_cases([study.decoding_once()], records)[0]
 
 
 def prepare_unit(unit: SweepUnit, config: ReaderConfig) -> Prepared | Failed:
