@@ -28,6 +28,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from connectors.dicom.limits import DicomLimits
 from connectors.dicom.web import StudyRef
@@ -321,25 +322,42 @@ class DimseSource:
                 ae.add_requested_context(context[0], list(context[1]))
             else:
                 ae.add_requested_context(context, list(TRANSFER_SYNTAXES))
+        rejection = _Rejection()
         try:
             assoc = ae.associate(
                 self.peer.host,
                 self.peer.port,
                 ae_title=self.peer.ae_title,
                 ext_neg=ext_neg,
-                evt_handlers=handlers or [],
+                evt_handlers=[*(handlers or []), (evt.EVT_PDU_RECV, rejection.record)],
             )
         except OSError as exc:  # name resolution and the like
             raise ServerUnreachable(f"DIMSE peer {self.peer} is unreachable: {exc}") from None
         self.associations += 1
         if assoc.is_established:
             return _Associated(assoc)
-        if assoc.is_rejected:
+        if assoc.is_rejected or rejection.reason is not None:
             raise AuthenticationFailed(
-                f"DIMSE peer {self.peer} rejected the association from AE {self.calling_ae}; "
-                "is our AE title registered on the PACS?"
+                f"DIMSE peer {self.peer} rejected the association from AE {self.calling_ae}"
+                f" ({rejection.reason or 'no reason given'}); is our AE title registered on the PACS?"
             )
         raise ServerUnreachable(f"DIMSE peer {self.peer} is unreachable or aborted the association")
+
+
+class _Rejection:
+    """Notes an A-ASSOCIATE-RJ as it arrives.
+
+    pynetdicom (3.0) can report a rejected association as aborted: when the peer closes the
+    connection right after its A-ASSOCIATE-RJ, the requestor may see the closed socket before
+    it reads the rejection off its queue. The PDU event fires on arrival either way.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def record(self, event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            self.reason = f"{event.pdu.result_str}: {event.pdu.reason_str}"
 
 
 class _Associated:
