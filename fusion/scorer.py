@@ -74,6 +74,10 @@ class Scorer:
         self._checks_enabled = checks
         self._run_checks: Callable[[Case], tuple[Finding, ...]] | None = None
 
+    def with_hash_index(self, hash_index: Any) -> Scorer:
+        """A scorer of the same bundle and site whose duplicate check searches ``hash_index``."""
+        return Scorer(self.bundle, site=self.site, hash_index=hash_index, checks=self._checks_enabled)
+
     @property
     def threshold(self) -> float:
         return self.bundle.calibration.threshold

@@ -45,12 +45,23 @@ Lossy 8-bit re-encoding (JPEG q70 of a windowed copy) and downscaling erase
 the sub-grey-level acquisition noise the verification relies on: such copies
 are missed too. A critical finding is worth that price only when confirmed by
 the pixels' own noise.
+
+Kept elsewhere. An index of a whole archive need not hold every texture (256 KB
+each as float32): `ImageFingerprint.packed` gives the hashes as bytes and the
+texture quantised to int8 (64 KB; correlations move by less than 1e-3), for a
+database (`plugin.store.ImageArchive`), and an index made with ``textures=``
+holds only the hashes of fingerprints added with ``texture_elsewhere=True``,
+reading a texture back only for a study whose hashes matched.
+``FINGERPRINT_VERSION`` changes whenever the hashes or the texture would come
+out differently, so that fingerprints kept by an earlier version are not
+compared with new ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import imagehash
 import numpy as np
@@ -65,13 +76,17 @@ __all__ = [
     "DEFAULT_MAX_DHASH_DISTANCE",
     "DEFAULT_MAX_PHASH_DISTANCE",
     "DEFAULT_MIN_TEXTURE_CORRELATION",
+    "FINGERPRINT_VERSION",
     "DuplicateMatch",
     "ImageFingerprint",
+    "PackedFingerprint",
     "PerceptualHashIndex",
+    "TextureLoader",
     "check_duplicates",
     "duplicate_findings",
     "fingerprint",
     "normalise_to_uint8",
+    "unpack_texture",
 ]
 
 DEFAULT_MAX_PHASH_DISTANCE = 14  # of 256 bits
@@ -81,6 +96,54 @@ _TEXTURE_SIZE = 256
 _TEXTURE_CLIP = 2.5  # robust standard deviations
 _PHASH_SIZE = 16
 _CT_WINDOW = (-1100.0, 500.0)
+#: Changes whenever `fingerprint` would give other hashes or another texture for the same pixels.
+FINGERPRINT_VERSION = 2
+_TEXTURE_LEVELS = 127  # int8 quantisation of a kept texture: -127 .. 127 times its scale
+
+
+@dataclass(frozen=True)
+class PackedFingerprint:
+    """An `ImageFingerprint` as bytes: the hashes' bits packed (32 and 8 bytes), the texture as
+    int8 with the float32 scale that gives it back (``None`` without texture)."""
+
+    study_instance_uid: str
+    sop_instance_uid: str
+    phash: bytes
+    dhash: bytes
+    texture: bytes | None
+    texture_scale: float | None
+    version: int = FINGERPRINT_VERSION
+
+    def unpacked(self, *, with_texture: bool = True) -> ImageFingerprint:
+        """The fingerprint back (the texture as float32, or left out)."""
+        texture = None
+        if with_texture and self.texture is not None and self.texture_scale is not None:
+            texture = unpack_texture(self.texture, self.texture_scale)
+        return ImageFingerprint(
+            self.study_instance_uid,
+            self.sop_instance_uid,
+            _unpacked_hash(self.phash, _PHASH_SIZE),
+            _unpacked_hash(self.dhash, 8),
+            texture,
+        )
+
+
+def unpack_texture(data: bytes, scale: float) -> NDArray[np.float32]:
+    """A texture kept as `PackedFingerprint.texture`, as float32 (its norm within 1e-3 of 1)."""
+    levels = np.frombuffer(data, dtype=np.int8)
+    if levels.size != _TEXTURE_SIZE * _TEXTURE_SIZE:
+        raise ValueError(f"a kept texture has {_TEXTURE_SIZE}x{_TEXTURE_SIZE} values, not {levels.size}")
+    out: NDArray[np.float32] = (levels.astype(np.float32) * np.float32(scale)).reshape(
+        _TEXTURE_SIZE, _TEXTURE_SIZE
+    )
+    return out
+
+
+def _unpacked_hash(data: bytes, size: int) -> imagehash.ImageHash:
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits.size != size * size:
+        raise ValueError(f"a kept hash has {size * size} bits, not {bits.size}")
+    return imagehash.ImageHash(bits.astype(bool).reshape(size, size))
 
 
 @dataclass(frozen=True)
@@ -102,6 +165,23 @@ class ImageFingerprint:
         if self.texture is None or other.texture is None:
             return None
         return float(np.dot(self.texture.ravel(), other.texture.ravel()))
+
+    def packed(self) -> PackedFingerprint:
+        """The fingerprint as bytes, to keep (see the module docstring)."""
+        texture, scale = None, None
+        if self.texture is not None:
+            peak = float(np.abs(self.texture).max())
+            scale = peak / _TEXTURE_LEVELS if peak > 0 else 1.0
+            levels = np.rint(self.texture / np.float32(scale))
+            texture = np.clip(levels, -_TEXTURE_LEVELS, _TEXTURE_LEVELS).astype(np.int8).tobytes()
+        return PackedFingerprint(
+            self.study_instance_uid,
+            self.sop_instance_uid,
+            _packed(self.phash).tobytes(),
+            _packed(self.dhash).tobytes(),
+            texture,
+            scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -196,12 +276,34 @@ def _packed(h: imagehash.ImageHash) -> NDArray[np.uint8]:
 _BITS_SET = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)  # popcount of a byte
 
 
+#: Reads back the texture of a study indexed with ``texture_elsewhere``: (patient key,
+#: StudyInstanceUID) -> its texture, or None when it has none (or is no longer kept).
+TextureLoader = Callable[[str, str], NDArray[np.float32] | None]
+
+
+@dataclass(frozen=True)
+class _Row:
+    patient_key: str
+    fingerprint: ImageFingerprint  # without its texture: held as int8 below, or kept elsewhere
+    texture_elsewhere: bool
+    texture: bytes | None = None  # int8, as `PackedFingerprint.texture`
+    texture_scale: float | None = None
+
+    def texture_back(self) -> NDArray[np.float32] | None:
+        if self.texture is None or self.texture_scale is None:
+            return None
+        return unpack_texture(self.texture, self.texture_scale)
+
+
 class PerceptualHashIndex:
     """Perceptual hashes of studies already seen, by patient: a scan of packed bit arrays (numpy),
-    fine to ~10^5 studies; a study indexed again under the same patient replaces its entry.
+    fine to ~10^5 studies; a study indexed again under the same patient replaces its entry. The
+    textures it holds are int8 (`ImageFingerprint.packed`): 64 KB a study.
 
     ``patient_key`` is whatever identifies a patient for the caller (the FHIR
-    Patient id, say); it is stored, never logged.
+    Patient id, say); it is stored, never logged. ``textures`` reads back the textures of the
+    studies added with ``texture_elsewhere=True`` (the index then holds their hashes only). Safe to
+    share between threads: one adds while others query.
     """
 
     def __init__(
@@ -209,6 +311,8 @@ class PerceptualHashIndex:
         max_phash_distance: int = DEFAULT_MAX_PHASH_DISTANCE,
         max_dhash_distance: int = DEFAULT_MAX_DHASH_DISTANCE,
         min_texture_correlation: float = DEFAULT_MIN_TEXTURE_CORRELATION,
+        *,
+        textures: TextureLoader | None = None,
     ) -> None:
         if not -1.0 <= min_texture_correlation <= 1.0:
             raise ValueError(f"min_texture_correlation must be -1..1, not {min_texture_correlation}")
@@ -220,7 +324,9 @@ class PerceptualHashIndex:
             )
         self.max_phash_distance = max_phash_distance
         self.max_dhash_distance = max_dhash_distance
-        self._rows: list[tuple[str, ImageFingerprint]] = []  # in the order they were indexed
+        self.textures = textures
+        self._lock = threading.Lock()
+        self._rows: list[_Row] = []  # in the order they were indexed
         self._row_of: dict[tuple[str, str], int] = {}  # (patient key, StudyInstanceUID) -> live row
         self._phash = np.zeros((0, _PHASH_SIZE**2 // 8), np.uint8)
         self._dhash = np.zeros((0, 8), np.uint8)
@@ -237,47 +343,83 @@ class PerceptualHashIndex:
         self.add_fingerprint(fp, patient_key)
         return True
 
-    def add_fingerprint(self, fp: ImageFingerprint, patient_key: str) -> None:
+    def add_fingerprint(
+        self, fp: ImageFingerprint, patient_key: str, *, texture_elsewhere: bool = False
+    ) -> None:
+        """Index a fingerprint; with ``texture_elsewhere`` its texture is not held but read back by
+        the index's ``textures`` when a query's hashes match it."""
+        if texture_elsewhere and self.textures is None:
+            raise ValueError("an index without a texture loader holds its textures itself")
+        held = None if texture_elsewhere else fp.packed()
+        fp = replace(fp, texture=None)
         key = (patient_key, fp.study_instance_uid)
-        if key in self._row_of:
-            self._live[self._row_of[key]] = False
-        row = len(self._rows)
-        if row == len(self._live):  # grow by doubling
-            size = max(64, 2 * row)
-            self._phash = np.resize(self._phash, (size, self._phash.shape[1]))
-            self._dhash = np.resize(self._dhash, (size, self._dhash.shape[1]))
-            self._live = np.concatenate([self._live, np.zeros(size - row, bool)])
-        self._phash[row], self._dhash[row], self._live[row] = _packed(fp.phash), _packed(fp.dhash), True
-        self._rows.append((patient_key, fp))
-        self._row_of[key] = row
+        phash, dhash = _packed(fp.phash), _packed(fp.dhash)
+        with self._lock:
+            if key in self._row_of:
+                old = self._row_of[key]
+                if texture_elsewhere and self._rows[old] == _Row(patient_key, fp, True):
+                    return  # indexed already, as it is
+                self._live[old] = False
+            row = len(self._rows)
+            if row == len(self._live):  # grow by doubling
+                size = max(64, 2 * row)
+                self._phash = np.resize(self._phash, (size, self._phash.shape[1]))
+                self._dhash = np.resize(self._dhash, (size, self._dhash.shape[1]))
+                self._live = np.concatenate([self._live, np.zeros(size - row, bool)])
+            self._phash[row], self._dhash[row] = phash, dhash
+            self._live[row] = True
+            if held is None:
+                self._rows.append(_Row(patient_key, fp, texture_elsewhere))
+            else:
+                self._rows.append(_Row(patient_key, fp, False, held.texture, held.texture_scale))
+            self._row_of[key] = row
 
     def query(self, study: Study, patient_key: str) -> tuple[DuplicateMatch, ...]:
-        """Indexed studies whose image matches this study's, closest first (itself excluded)."""
+        """Indexed studies whose image matches this study's, closest first (itself excluded: any
+        entry with its StudyInstanceUID)."""
         fp = fingerprint(study)
         return () if fp is None else self.query_fingerprint(fp, patient_key)
 
     def query_fingerprint(self, fp: ImageFingerprint, patient_key: str) -> tuple[DuplicateMatch, ...]:
-        n = len(self._rows)
-        phash_distance = _BITS_SET[self._phash[:n] ^ _packed(fp.phash)].sum(axis=1)
-        dhash_distance = _BITS_SET[self._dhash[:n] ^ _packed(fp.dhash)].sum(axis=1)
-        close = (
-            self._live[:n]
-            & (phash_distance <= self.max_phash_distance)
-            & (dhash_distance <= self.max_dhash_distance)
-        )
+        with self._lock:
+            n = len(self._rows)
+            phash_distance = _BITS_SET[self._phash[:n] ^ _packed(fp.phash)].sum(axis=1)
+            dhash_distance = _BITS_SET[self._dhash[:n] ^ _packed(fp.dhash)].sum(axis=1)
+            close = (
+                self._live[:n]
+                & (phash_distance <= self.max_phash_distance)
+                & (dhash_distance <= self.max_dhash_distance)
+            )
+            candidates = [
+                (self._rows[row], int(phash_distance[row]), int(dhash_distance[row]))
+                for row in np.flatnonzero(close)
+            ]
         matches = []
-        for row in np.flatnonzero(close):
-            key, other = self._rows[row]
-            same_patient = key == patient_key
-            if same_patient and other.study_instance_uid == fp.study_instance_uid:
-                continue  # the study itself
-            dp, dd = int(phash_distance[row]), int(dhash_distance[row])
+        for row, dp, dd in candidates:  # the textures kept elsewhere are read outside the lock
+            other = row.fingerprint
+            same_patient = row.patient_key == patient_key
+            if other.study_instance_uid == fp.study_instance_uid:
+                # the study itself, even under another key: scored once with its record (the FHIR
+                # Patient id) and once without (its DICOM PatientID). One study filed under two
+                # patients is the identity check's to see; this check sees pixels under new UIDs.
+                continue
+            if row.texture_elsewhere:
+                assert self.textures is not None
+                other = replace(other, texture=self.textures(row.patient_key, other.study_instance_uid))
+            else:
+                other = replace(other, texture=row.texture_back())
             corr = fp.texture_correlation(other)
             if corr is not None and corr < self.min_texture_correlation:
                 continue  # same layout, different acquisition
             matches.append(
                 DuplicateMatch(
-                    other.study_instance_uid, key, other.sop_instance_uid, dp, dd, same_patient, corr
+                    other.study_instance_uid,
+                    row.patient_key,
+                    other.sop_instance_uid,
+                    dp,
+                    dd,
+                    same_patient,
+                    corr,
                 )
             )
         return tuple(

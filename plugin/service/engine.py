@@ -12,6 +12,8 @@ arriving at ingest. The engine
 - runs a study once, however many callers ask for it meanwhile (they share the
   task), and lets a caller stop waiting at a deadline while the task goes on:
   the next call finds the result in the store;
+- checks each study against every image the service and sweeps have kept (`plugin.store.ImageArchive`:
+  the fingerprints in the database, so a restart forgets none), and keeps the study's own there;
 - stores each result with the record snapshot it was scored against (`plugin.store.Timeline`: the
   review page's timeline), and opens a case in the investigators' queue for each flagged result
   (`plugin.store.CaseQueue`);
@@ -41,12 +43,13 @@ from connectors.errors import NoImagingFound
 from connectors.link import link_cases
 from connectors.remote import ImagingSource, study_uids_for
 from connectors.strictness import Strictness
-from fusion.checks.duplicates import PerceptualHashIndex
+from fusion.checks.duplicates import fingerprint
 from fusion.result import CrossCheckResult
 from fusion.scorer import Prediction, Scorer
 from plugin.cases.cost import cost_weight
 from plugin.cases.evidence import KeptEvidence
-from plugin.store import CaseQueue, Store, StoredResult, Timeline
+from plugin.errors import StoreError
+from plugin.store import CaseQueue, ImageArchive, ResultSource, Store, StoredResult, Timeline
 
 __all__ = ["Checked", "Engine"]
 
@@ -54,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 #: Called after a result is stored: (stored result, the case, the model's prediction).
 AfterScore = Callable[[StoredResult, Case, Prediction], Awaitable[None]]
+
+#: How often (seconds, at most) the engine reads what other processes kept in the image archive.
+ARCHIVE_REFRESH_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class Checked:
 
 class Engine:
     """See the module docstring. ``imaging`` is the configured PACS (or None: use Endpoints);
-    ``endpoint_source`` makes a DICOMweb source for an ImagingStudy Endpoint address."""
+    ``endpoint_source`` makes a DICOMweb source for an ImagingStudy Endpoint address. The engine
+    scores with ``scorer``'s model and site, its duplicate check searching the store's archive."""
 
     def __init__(
         self,
@@ -86,7 +93,6 @@ class Engine:
         endpoint_source: Callable[[str], ImagingSource] | None = None,
         after_score: AfterScore | None = None,
     ) -> None:
-        self.scorer = scorer
         self.store = store
         self.cases = CaseQueue(store)
         self.data_dir = Path(data_dir)
@@ -94,8 +100,10 @@ class Engine:
         self.imaging = imaging
         self.endpoint_source = endpoint_source
         self.after_score = after_score
-        self.hash_index = scorer.hash_index if scorer.hash_index is not None else PerceptualHashIndex()
-        scorer.hash_index = self.hash_index
+        self.archive = ImageArchive(store)
+        self.hash_index = self.archive.index()  # every kept image's hashes; textures read on a match
+        self._archive_read = time.monotonic()
+        self.scorer = scorer.with_hash_index(self.hash_index)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-model")
         self._artifact_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosscheck-artifacts")
         self._inflight: dict[str, asyncio.Task[Checked]] = {}
@@ -233,7 +241,7 @@ class Engine:
     ) -> Checked:
         loop = asyncio.get_running_loop()
         case = replace(case, study=case.study.decoding_once())  # features, checks, hashes, heatmap
-        result, prediction = await loop.run_in_executor(self._model_thread, self._score_one, case)
+        result, prediction = await loop.run_in_executor(self._model_thread, self._score_one, case, source)
         if fetch_ms is not None:
             result = replace(result, timings_ms={"fetch": fetch_ms, **result.timings_ms})
         stored = await asyncio.to_thread(self._save, result, case, source, dict(inputs or {}))
@@ -265,11 +273,40 @@ class Engine:
         if self.after_score is not None:
             await self.after_score(stored, case, prediction)
 
-    def _score_one(self, case: Case) -> tuple[CrossCheckResult, Prediction]:
+    def _score_one(self, case: Case, source: str) -> tuple[CrossCheckResult, Prediction]:
+        self._read_archive()
         ((result, prediction),) = self.scorer.explain_many([case], batch_size=1)
-        owner = case.patient_id or case.study.patient.patient_id or "unknown"
-        self.hash_index.add(case.study, owner)
+        self._keep_image(case, source)
         return result, prediction
+
+    def _read_archive(self) -> None:
+        """What other processes (a sweep) kept since the last look, at most every ARCHIVE_REFRESH_S."""
+        if time.monotonic() - self._archive_read < ARCHIVE_REFRESH_S:
+            return
+        self._archive_read = time.monotonic()
+        try:
+            self.archive.refresh(self.hash_index)
+        except StoreError as exc:  # the check runs on what the index holds
+            logger.warning("the image archive was not read again (%s)", type(exc).__name__)
+
+    def _keep_image(self, case: Case, source: str) -> None:
+        """The study's fingerprint into the archive (and the index): later studies are checked
+        against it. Kept in memory alone when the database refuses it."""
+        try:
+            fp = fingerprint(case.study)
+        except Exception as exc:  # undecodable pixels: the pixel check has reported them
+            logger.debug("study %s not indexed (%s)", case.study_instance_uid, type(exc).__name__)
+            return
+        if fp is None:
+            return
+        owner = case.patient_id or case.study.patient.patient_id or "unknown"
+        try:
+            self.archive.keep([(owner, fp)], source=ResultSource(source))
+        except StoreError as exc:
+            logger.warning("an image fingerprint kept in memory only (%s)", type(exc).__name__)
+            self.hash_index.add_fingerprint(fp, owner)
+            return
+        self.hash_index.add_fingerprint(fp, owner, texture_elsewhere=True)
 
 
 async def _quietly(work: Awaitable[Any], what: str) -> None:

@@ -13,12 +13,15 @@ from code when the store opens::
 A :class:`Store` is safe to share between threads; :class:`StoreReplayCache` gives the CDS
 Hooks authentication an async ``use(iss, jti, expires_at)``. The investigators' case queue
 (:class:`CaseQueue`, :mod:`plugin.store.cases`), their logins (:class:`Users`,
-:mod:`plugin.store.users`) and the throttle of failed logins (:class:`LoginThrottle`,
-:mod:`plugin.store.throttle`) work on a Store::
+:mod:`plugin.store.users`), the throttle of failed logins (:class:`LoginThrottle`,
+:mod:`plugin.store.throttle`) and the archive of image fingerprints the duplicate check searches
+(:class:`ImageArchive`, :mod:`plugin.store.archive`) work on a Store::
 
     queue, users, throttle = CaseQueue(store), Users(store), LoginThrottle(store, secret)
+    index = ImageArchive(store).index()
 """
 
+from plugin.store.archive import ImageArchive
 from plugin.store.cases import (
     Case,
     CaseComment,
@@ -70,6 +73,7 @@ __all__ = [
     "FabricationKind",
     "FeedbackOutcome",
     "HistoryEntry",
+    "ImageArchive",
     "IssuedCard",
     "LabelSource",
     "LoginLock",

@@ -16,6 +16,8 @@
 ``record_snapshots`` the record as it was when a result was scored (a Timeline), one per result
 ``login_throttle`` login attempts counted per user name and per client address (keyed hashes, never
                  in clear) and their lock-outs: what refuses password guessing on the review page
+``image_fingerprints`` the perceptual hashes and fine texture of every study scored or swept, by
+                 patient: the archive the duplicate check searches (migration 0008)
 
 Timestamps are timezone-aware UTC in Python: SQLite stores them as UTC text, PostgreSQL as
 ``timestamp with time zone``. JSON columns are ``JSONB`` on PostgreSQL.
@@ -42,6 +44,7 @@ __all__ = [
     "CaseEventRow",
     "CaseRow",
     "FeedbackRow",
+    "ImageFingerprintRow",
     "JtiRow",
     "LoginThrottleRow",
     "RecordSnapshotRow",
@@ -312,3 +315,26 @@ class LoginThrottleRow(Base):
     lockouts: Mapped[int] = mapped_column(sa.Integer)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ImageFingerprintRow(Base):
+    """The perceptual hashes (packed bits) and the int8 fine texture of a study's image under the
+    patient it was filed under (`fusion.checks.duplicates.PackedFingerprint`), written by the
+    service and by sweeps, replaced when the study is scored again (`plugin.store.ImageArchive`).
+    ``patient_key`` is patient data, like the results' patient ids; ``version`` is the
+    fingerprint's (`fusion.checks.duplicates.FINGERPRINT_VERSION`); ``input_fingerprint`` names the
+    swept input the image came from (None for the service's)."""
+
+    __tablename__ = "image_fingerprints"
+
+    patient_key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    phash: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    dhash: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    texture: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    texture_scale: Mapped[float | None] = mapped_column(sa.Float)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    input_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -2,13 +2,17 @@
 
 1. the units (`plugin.sweep.units`), and those whose result this model already stored
    (`Store.swept_fingerprints`): skipped;
-2. the duplicate index of the studies done before: their perceptual hashes, computed by
-   the readers (a sweep run through in one go reads each study once);
+2. the duplicate index of the studies done before: their fingerprints (perceptual hashes
+   and fine texture) as earlier batches kept them in the image archive
+   (`plugin.store.ImageArchive`), hashed again only where the archive lacks one (a sweep
+   run through in one go reads each study once);
 3. the rest read, checked, hashed and scored (`LocalEngine`, or `RayEngine` with ``ray``),
    each batch's results stored in one transaction with their inputs and the sweep id, and
    with the amended duplicate findings of earlier studies whose image a study of the batch
    repeats (`plugin.sweep.scoring`). At the end every study carries the duplicate findings
-   of the whole sweep, the index ``crosscheck check`` builds over the same folder.
+   of the whole sweep, the index ``crosscheck check`` builds over the same folder;
+4. each batch's image fingerprints kept in the image archive, right after the batch: the
+   service's duplicate check and the review page's similar images search them.
 
 Killed at any point (even by ``kill -9``), a sweep loses at most the batch in flight, which
 its next run scores again; the database's primary key on (model sha256, input
@@ -32,7 +36,7 @@ from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import ModelInfo
 from fusion.scorer import with_check_findings
 from plugin.cases.evidence import KeptEvidence
-from plugin.store import CaseQueue, Store, StoredResult
+from plugin.store import CaseQueue, ImageArchive, ResultSource, Store, StoredResult
 from plugin.sweep.local import LocalEngine
 from plugin.sweep.prepare import Failed, Fingerprinted, ReaderConfig, read_study
 from plugin.sweep.scoring import DUPLICATE_FAMILY, Amendment, Swept
@@ -88,6 +92,7 @@ def run_sweep(
     loaded = load_bundle(model or default_bundle_path(), device="cpu")
     info = loaded.info
     done = store.swept_fingerprints(info.sha256)
+    archive = ImageArchive(store)
     todo = [u for u in units if u.fingerprint not in done]
     logger.info("sweep: %d studies, %d done before", len(units), len(units) - len(todo))
     if not todo:
@@ -109,15 +114,8 @@ def run_sweep(
     with engine:
         fingerprints: list[Fingerprinted] | None = None
         if duplicates:
-            before = [u for u in units if u.fingerprint in done]
-            fingerprints = list(
-                tqdm(
-                    engine.fingerprints(before),
-                    total=len(before),
-                    desc="indexing the studies done before",
-                    unit="study",
-                    disable=not progress or not before,
-                )
+            fingerprints = _done_before(
+                engine, archive, [u for u in units if u.fingerprint in done], progress
             )
         engine_info = engine.start(fingerprints)
         if engine_info.sha256 != info.sha256:  # pragma: no cover - the same bundle path on both sides
@@ -136,6 +134,7 @@ def run_sweep(
                     changes = [(r.id, r.result) for r in amended]
                     timelines = [b.timeline for b in swept]
                     stored += store.save_sweep_results(sweep_id, items, amended=changes, timelines=timelines)
+                    _keep_images(archive, swept)
                     flagged: list[Swept | StoredResult] = [b for b in swept if b.result.flagged]
                     cases.opened(flagged + [r for r in amended if r.result.flagged])
                 bar.update(len(batch))
@@ -154,6 +153,43 @@ def run_sweep(
         seconds=time.perf_counter() - t0,
         failures=tuple(failures),
     )
+
+
+def _done_before(
+    engine: LocalEngine | RayEngine, archive: ImageArchive, before: Sequence[SweepUnit], progress: bool
+) -> list[Fingerprinted]:
+    """The fingerprints of the studies a resumed sweep did before, for its duplicate index: read
+    from the archive, and hashed again only for those it lacks (kept by a version before 0008, or
+    by another FINGERPRINT_VERSION, or lost to a kill between a batch and its fingerprints)."""
+    kept = archive.for_inputs([u.fingerprint for u in before])
+    found = [Fingerprinted(u.fingerprint, *kept[u.fingerprint]) for u in before if u.fingerprint in kept]
+    missing = [u for u in before if u.fingerprint not in kept]
+    logger.info("sweep: %d fingerprints from the archive, %d to hash again", len(found), len(missing))
+    hashed = tqdm(
+        engine.fingerprints(missing),
+        total=len(missing),
+        desc="indexing the studies done before",
+        unit="study",
+        disable=not progress or not missing,
+    )
+    again = list(hashed)
+    _keep_fingerprinted(archive, [f for f in again if f.fingerprint is not None])
+    return found + again
+
+
+def _keep_images(archive: ImageArchive, swept: Sequence[Swept]) -> None:
+    """The batch's image fingerprints into the archive (the service's duplicate check and the
+    review page's similar images search it), under the patient the sweep's index keys them by."""
+    kept = [s for s in swept if s.image is not None]
+    _keep_fingerprinted(
+        archive, [Fingerprinted(s.unit.fingerprint, s.unit.patient_id or "unknown", s.image) for s in kept]
+    )
+
+
+def _keep_fingerprinted(archive: ImageArchive, items: Sequence[Fingerprinted]) -> None:
+    images = [(f.patient_key, f.fingerprint) for f in items if f.fingerprint is not None]
+    inputs = [f.unit_fingerprint for f in items if f.fingerprint is not None]
+    archive.keep(images, source=ResultSource.SWEEP, input_fingerprints=inputs)
 
 
 def _amended(store: Store, amendments: Sequence[Amendment], sha256: str) -> list[StoredResult]:

@@ -48,6 +48,7 @@ class Swept:
     timeline: Timeline | None = None
     heatmap: dict[str, Any] | None = None  # of a flagged result: `fusion.explain.heatmap_placement`
     files: tuple[str, ...] = ()  # the study's files as the reader read them
+    image: ImageFingerprint | None = None  # its image's, for the archive (None: no pixels, or no check)
 
 
 #: A study scored, or one that could not be read.
@@ -193,4 +194,4 @@ class SweepScorer:
 def _swept(prepared: Prepared, result: CrossCheckResult, prediction: Prediction) -> Swept:
     site = prepared.heatmap_site
     heatmap = with_probability(site, prediction.heatmap) if result.flagged and site is not None else None
-    return Swept(prepared.unit, result, prepared.timeline, heatmap, prepared.files)
+    return Swept(prepared.unit, result, prepared.timeline, heatmap, prepared.files, prepared.image)

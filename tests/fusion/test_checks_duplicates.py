@@ -88,7 +88,7 @@ def test_ct_middle_slice_is_hashed_in_a_fixed_window(cf):
     case = cf.make_case("CT", n_instances=5)
     index = PerceptualHashIndex()
     index.add(case.study, "pat-other")
-    assert len(index.query(case.study, "pat-1")) == 1
+    assert len(index.query(cf.with_study(case, study_instance_uid="1.2.9.9").study, "pat-1")) == 1
     assert index.query(study_with(cf, cf.ct_slice(seed=1) * 0.5, "1.2.9", "CT"), "pat-1") == ()
 
 
@@ -107,3 +107,67 @@ def test_no_index_no_finding(cf):
 def test_bad_thresholds_are_refused():
     with pytest.raises(ValueError, match="thresholds"):
         PerceptualHashIndex(max_phash_distance=300)
+
+
+def test_a_packed_fingerprint_gives_the_same_hashes_and_nearly_the_same_texture(cf):
+    fp = duplicates.fingerprint(study_with(cf, cf.smooth_image(1), "1.2.3.100"))
+    packed = fp.packed()
+    assert (len(packed.phash), len(packed.dhash), len(packed.texture)) == (32, 8, 256 * 256)
+    back = packed.unpacked()
+    assert (back.phash, back.dhash, back.sop_instance_uid) == (fp.phash, fp.dhash, fp.sop_instance_uid)
+    assert back.texture.dtype == np.float32
+    assert abs(fp.texture_correlation(back) - 1.0) < 1e-3
+    assert packed.unpacked(with_texture=False).texture is None
+    with pytest.raises(ValueError, match="bits"):
+        replace(packed, phash=packed.phash[:-1]).unpacked()
+    with pytest.raises(ValueError, match="texture"):
+        replace(packed, texture=packed.texture[:-1]).unpacked()
+
+
+def test_an_index_reads_a_texture_kept_elsewhere_only_for_a_hash_match(cf):
+    """Textures kept elsewhere decide as textures held do: a re-filed copy matches, a new acquisition
+    of the same anatomy does not; a study whose hashes are far is not read back at all."""
+    rng = np.random.default_rng(3)
+    base, far = cf.smooth_image(1), cf.smooth_image(5, amplitude=150.0)
+    kept = {}
+    read = []
+
+    def texture(patient_key, study_uid):
+        read.append(study_uid)
+        return kept[(patient_key, study_uid)].unpacked().texture
+
+    index = PerceptualHashIndex(textures=texture)
+    for uid, img, patient in (("1.2.3.100", base, "pat-other"), ("1.2.3.300", far, "pat-3")):
+        fp = duplicates.fingerprint(study_with(cf, img, uid))
+        kept[(patient, uid)] = fp.packed()
+        index.add_fingerprint(fp, patient, texture_elsewhere=True)
+    refiled = index.query(study_with(cf, base, "1.2.3.200"), "pat-1")
+    assert [(m.study_instance_uid, m.same_patient) for m in refiled] == [("1.2.3.100", False)]
+    assert refiled[0].texture_correlation > 0.99
+    assert read == ["1.2.3.100"]
+    assert index.query(study_with(cf, base + rng.normal(0, 10, base.shape), "1.2.3.201"), "pat-1") == ()
+    with pytest.raises(ValueError, match="texture loader"):
+        PerceptualHashIndex().add_fingerprint(
+            duplicates.fingerprint(study_with(cf, base, "1.2")), "p", texture_elsewhere=True
+        )
+
+
+def test_indexing_the_same_kept_fingerprint_again_adds_no_row(cf):
+    fp = duplicates.fingerprint(study_with(cf, cf.smooth_image(1), "1.2.3.100"))
+    index = PerceptualHashIndex(textures=lambda key, uid: None)
+    for _ in range(3):
+        index.add_fingerprint(fp, "pat-1", texture_elsewhere=True)
+    assert len(index) == 1 and len(index._rows) == 1
+    index.add_fingerprint(fp, "pat-1")  # now with its texture held: replaces the entry
+    assert len(index) == 1 and len(index._rows) == 2
+
+
+def test_a_study_indexed_under_another_key_is_not_its_own_duplicate(cf):
+    """Scored once with its record (keyed by the FHIR Patient id) and once without (by its DICOM
+    PatientID): the same StudyInstanceUID is the study itself, not an image of another patient."""
+    study = study_with(cf, cf.smooth_image(1), "1.2.3.100")
+    index = PerceptualHashIndex()
+    index.add(study, "05360366")
+    assert index.query(study, "pat-000000") == ()
+    refiled = study_with(cf, cf.smooth_image(1), "1.2.3.200")
+    assert [m.study_instance_uid for m in index.query(refiled, "pat-000000")] == ["1.2.3.100"]

@@ -166,7 +166,7 @@ def test_unknown_calling_ae_is_refused(orthanc):
 def test_wrong_called_ae_is_refused(orthanc):
     wrong = DimseSource(DimsePeer("127.0.0.1", orthanc.dicom_port, "NOT-ORTHANC"), calling_ae="CROSSCHECK")
     with pytest.raises(
-        AuthenticationFailed, match="rejected the association .*Called AE title not recognised"
+        AuthenticationFailed, match=r"rejected the association .*Called AE title not recognised"
     ):
         wrong.echo()
 

@@ -9,20 +9,25 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from imagehash import ImageHash
 
+from fusion.checks.duplicates import ImageFingerprint
 from plugin.errors import MigrationFailed, SchemaOutOfDate, SchemaTooNew, StoreError
 from plugin.store import (
     Actor,
     ActorKind,
     AuditAction,
     CardKind,
+    ImageArchive,
     IssuedCard,
     LoginThrottle,
+    ResultSource,
     Store,
     Timeline,
     TimelineEntry,
@@ -36,14 +41,18 @@ CASE_TABLES = {"cases", "case_events", "case_comments", "users"}
 SWEEP_TABLES = {"sweeps", "sweep_results"}
 SNAPSHOT_TABLES = {"record_snapshots"}
 THROTTLE_TABLES = {"login_throttle"}
+ARCHIVE_TABLES = {"image_fingerprints"}
 TABLES = (
     {"results", "cds_feedback", "audit_events", "cds_jti", "cds_cards"}
     | CASE_TABLES
     | SWEEP_TABLES
     | SNAPSHOT_TABLES
     | THROTTLE_TABLES
+    | ARCHIVE_TABLES
 )
-LATER_THAN_0001 = {"cds_cards"} | CASE_TABLES | SWEEP_TABLES | SNAPSHOT_TABLES | THROTTLE_TABLES
+LATER_THAN_0001 = (
+    {"cds_cards"} | CASE_TABLES | SWEEP_TABLES | SNAPSHOT_TABLES | THROTTLE_TABLES | ARCHIVE_TABLES
+)
 
 
 def _tables(path: Path) -> set[str]:
@@ -117,7 +126,10 @@ def test_0002_down_drops_cds_cards_only_and_up_again(db_path: Path) -> None:
     assert _tables(db_path) & TABLES == TABLES - LATER_THAN_0001
     assert _revision(db_path) == "0001"
     command.upgrade(config, "0002")
-    assert TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES <= _tables(db_path)
+    assert (
+        TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES - ARCHIVE_TABLES
+        <= _tables(db_path)
+    )
     assert _revision(db_path) == "0002"
 
 
@@ -130,10 +142,13 @@ def test_0004_down_drops_the_sweep_tables_only_and_up_again(db_path: Path) -> No
     Store.open(db_path).close()
     config = alembic_config(db_path)
     command.downgrade(config, "0003")
-    assert _tables(db_path) & TABLES == TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
+    assert (
+        _tables(db_path) & TABLES
+        == TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES - ARCHIVE_TABLES
+    )
     assert _revision(db_path) == "0003"
     command.upgrade(config, "0004")
-    assert TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES <= _tables(db_path)
+    assert TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES - ARCHIVE_TABLES <= _tables(db_path)
 
 
 def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, make_result) -> None:
@@ -143,7 +158,7 @@ def test_0005_down_drops_the_record_snapshots_only_and_up_again(db_path: Path, m
         kept = store.save_result(make_result(), source="cds", timeline=_snapshot())
     config = alembic_config(db_path)
     command.downgrade(config, "0004")
-    assert _tables(db_path) & TABLES == TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
+    assert _tables(db_path) & TABLES == TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES - ARCHIVE_TABLES
     assert _revision(db_path) == "0004"
     with Store.open(db_path) as store:  # upgrades to the head again
         assert SNAPSHOT_TABLES <= _tables(db_path)
@@ -166,7 +181,7 @@ def test_0007_down_drops_the_login_throttle_only_and_up_again(db_path: Path) -> 
     assert "ix_login_throttle_updated_at" in _indexes(db_path)
     config = alembic_config(db_path)
     command.downgrade(config, "0006")
-    assert _tables(db_path) & TABLES == TABLES - THROTTLE_TABLES
+    assert _tables(db_path) & TABLES == TABLES - THROTTLE_TABLES - ARCHIVE_TABLES
     assert "ix_login_throttle_updated_at" not in _indexes(db_path)
     assert _revision(db_path) == "0006"
     with Store.open(db_path) as store:  # upgrades to the head again
@@ -174,6 +189,31 @@ def test_0007_down_drops_the_login_throttle_only_and_up_again(db_path: Path) -> 
         assert store.audit_events() == [event]
         throttle = LoginThrottle(store, bytes(32))
         assert throttle.attempt("alice", "192.0.2.1", now=now) is None  # the lock-out went with the table
+
+
+def test_0008_down_drops_the_image_archive_only_and_up_again(db_path: Path, make_result) -> None:
+    """Fingerprints kept at the head; down to 0007 the archive goes (results stay), up again it is
+    back, empty, and keeps anew."""
+    with Store.open(db_path) as store:
+        kept = store.save_result(make_result(), source="cds")
+        ImageArchive(store).keep([("pat-1", _fingerprint())], source=ResultSource.CDS)
+        assert len(ImageArchive(store).index()) == 1
+    assert "ix_image_fingerprints_recorded_at" in _indexes(db_path)
+    config = alembic_config(db_path)
+    command.downgrade(config, "0007")
+    assert _tables(db_path) & TABLES == TABLES - ARCHIVE_TABLES
+    assert "ix_image_fingerprints_input_fingerprint" not in _indexes(db_path)
+    with Store.open(db_path) as store:  # upgrades to the head again
+        assert ARCHIVE_TABLES <= _tables(db_path)
+        assert store.get_result(kept.id) == kept
+        assert len(ImageArchive(store).index()) == 0
+        ImageArchive(store).keep([("pat-1", _fingerprint())], source=ResultSource.CDS)
+        assert len(ImageArchive(store).index()) == 1
+
+
+def _fingerprint() -> ImageFingerprint:
+    bits = np.random.default_rng(0).random((2, 16, 16)) < 0.5
+    return ImageFingerprint("1.2.3.4", "1.2.3.4.1", ImageHash(bits[0]), ImageHash(bits[1][:8, :8]))
 
 
 def _indexes(path: Path) -> set[str]:
@@ -193,7 +233,8 @@ def test_0003_down_drops_the_case_queue_only_and_up_again(db_path: Path, make_re
     config = alembic_config(db_path)
     command.downgrade(config, "0002")
     assert (
-        _tables(db_path) & TABLES == TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES
+        _tables(db_path) & TABLES
+        == TABLES - CASE_TABLES - SWEEP_TABLES - SNAPSHOT_TABLES - THROTTLE_TABLES - ARCHIVE_TABLES
     )
     assert _triggers(db_path) == {"audit_events_no_update", "audit_events_no_delete"}
     assert _revision(db_path) == "0002"
@@ -291,6 +332,9 @@ def test_postgresql_sql_is_rendered_offline() -> None:
     assert "UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005'" in sql
     assert "UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006'" in sql
     assert "CREATE TABLE login_throttle" in sql
+    assert "UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007'" in sql
+    assert "CONSTRAINT pk_image_fingerprints PRIMARY KEY (patient_key, study_instance_uid)" in sql
+    assert "phash BYTEA NOT NULL" in sql
     assert "CONSTRAINT pk_login_throttle PRIMARY KEY (kind, key_hash)" in sql
     assert "CREATE INDEX ix_login_throttle_updated_at ON login_throttle (updated_at)" in sql
     assert (

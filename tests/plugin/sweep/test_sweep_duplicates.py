@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from fusion.cohort.simulate import simulate
 from plugin.cli import main
-from plugin.store import CaseQueue, Store
+from plugin.store import CaseQueue, ImageArchive, Store
+from plugin.store.models import ImageFingerprintRow
 from plugin.sweep import run_sweep, units_from_folder
+from plugin.sweep.local import LocalEngine
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +65,39 @@ def test_every_study_gets_the_duplicates_of_the_whole_sweep(
         assert doubled <= flagged
         cases = {c.study_instance_uid for c in CaseQueue(store).cases(limit=100)}
         assert cases == flagged  # a study flagged by an amendment is in the queue too
+
+
+def test_a_resumed_sweep_reads_the_fingerprints_it_kept_instead_of_the_studies(
+    refiled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch keeps its fingerprints in the image archive; the next run indexes the studies done
+    before from there, hashing again only one whose fingerprint is missing (a pre-0008 database)."""
+    expected = _check(refiled, capsys)
+    found = units_from_folder(refiled)
+    units = list(found.units)
+    hashed: list[str] = []
+    fingerprints = LocalEngine.fingerprints
+
+    def counted(self: LocalEngine, todo: list) -> object:
+        hashed.extend(u.fingerprint for u in todo)
+        return fingerprints(self, todo)
+
+    monkeypatch.setattr(LocalEngine, "fingerprints", counted)
+    with Store.open(tmp_path / "s.db") as store:
+        kwargs = {"store": store, "description": "t", "site": found.site, "workers": 1, "batch_size": 2}
+        run_sweep(units[:4], progress=False, **kwargs)  # type: ignore[arg-type]
+        archive = ImageArchive(store)
+        kept = archive.for_inputs([u.fingerprint for u in units])
+        assert set(kept) == {u.fingerprint for u in units[:4]}
+        assert {key for key, _ in kept.values()} == {u.patient_id for u in units[:4]}
+        with store._transaction(write=True) as session:  # as if the first study were swept before 0008
+            session.execute(
+                sa.delete(ImageFingerprintRow).where(
+                    ImageFingerprintRow.input_fingerprint == units[0].fingerprint
+                )
+            )
+        report = run_sweep(units, progress=False, **kwargs)  # type: ignore[arg-type]
+        assert hashed == [units[0].fingerprint]
+        swept = _swept(store, report.model.sha256, [u.fingerprint for u in units])
+        assert {uid: codes for uid, (codes, _) in swept.items()} == expected
+        assert set(archive.for_inputs([u.fingerprint for u in units])) == {u.fingerprint for u in units}
