@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["UsageError", "build_parser", "main"]
 
+_TRAIN_VERSION = "0.1.0"  # what `crosscheck train` writes into a bundle unless told
+
 logger = logging.getLogger(__name__)
 
 
@@ -130,14 +132,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.labels is not None or args.studies is not None:
+        return _train_on_labels(args)
+    if args.model is not None:
+        raise UsageError("--model is the bundle to fine-tune: give it with --labels and --studies")
     from plugin.training import run_train
 
     return run_train(
         data=Path(args.data),
         out=Path(args.out),
         config_name=args.config,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+        epochs=args.epochs if args.epochs is not None else 12,
+        batch_size=args.batch_size if args.batch_size is not None else 32,
         device=args.device,
         seed=args.seed,
         resume=args.resume,
@@ -146,6 +152,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         work=Path(args.work) if args.work else None,
         exclude_families=tuple(f for f in (args.exclude_family or "").split(",") if f),
         version=args.version,
+    )
+
+
+def _train_on_labels(args: argparse.Namespace) -> int:
+    """``crosscheck train --labels FILE --studies DIR``: `crosscheck finetune` with --data as the
+    replay cohort (the issue's "labels that crosscheck train can use to fine-tune")."""
+    if args.labels is None or args.studies is None:
+        raise UsageError("to fine-tune on investigators' labels give both --labels and --studies")
+    if args.resume or args.exclude_family or args.eval_data or args.config != "small":
+        raise UsageError("--resume, --exclude-family, --eval-data and --config are for training from scratch")
+    from plugin.finetune import run_finetune
+
+    return run_finetune(
+        labels=Path(args.labels),
+        studies=Path(args.studies),
+        out=Path(args.out),
+        model=Path(args.model) if args.model else None,
+        data=Path(args.data),
+        epochs=args.epochs if args.epochs is not None else 5,
+        batch_size=args.batch_size if args.batch_size is not None else 16,
+        seed=args.seed,
+        device=args.device,
+        version=None if args.version == _TRAIN_VERSION else args.version,
+        progress=not args.quiet,
     )
 
 
@@ -555,13 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", help="held-out cohort for the model card (default: a split of --data)")
     p.add_argument("--out", default="model-bundle", help="bundle folder to write (default ./model-bundle)")
     p.add_argument("--config", default="small", help="named model config (default small)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=None, help="default 12 (5 with --labels)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --labels)")
+    g = p.add_argument_group(
+        "fine-tuning on investigators' labels (as `crosscheck finetune`, --data the replay cohort)"
+    )
+    g.add_argument("--labels", help="labels file written by `crosscheck labels --out`")
+    g.add_argument("--studies", help="folder holding the labelled studies (the folder a sweep scored)")
+    g.add_argument("--model", help="model bundle to fine-tune (default: the bundled model)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for checkpoints and caches (default: <out>-work)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the --work folder")
-    p.add_argument("--version", default="0.1.0", help="version written into the bundle (default 0.1.0)")
+    p.add_argument(
+        "--version",
+        default=_TRAIN_VERSION,
+        help=f"version written into the bundle (default {_TRAIN_VERSION}; with --labels the parent's "
+        "+ft.<labels sha256>)",
+    )
     p.add_argument(
         "--exclude-family",
         help="leave these generator families (comma-separated, e.g. gan) out of training, "

@@ -325,3 +325,43 @@ def test_finetune_errors_are_one_line_and_exit_2(
     for bad in ("-1", "nan", "inf"):
         assert run(elsewhere, "--lr", bad) == 2
         _one_error_line(capsys, "--lr")
+
+
+def test_crosscheck_train_with_labels_fine_tunes_as_finetune_does(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``crosscheck train --labels`` is `crosscheck finetune` with --data the replay cohort: the same
+    bundle, byte for byte (fine-tuning is deterministic)."""
+    flagged = _flagged(cohort)[:2]
+    labels = _write(
+        tmp_path / "l.json",
+        [{"study_instance_uid": e["study_instance_uid"], "label": "clean"} for e in flagged],
+    )
+    common = ["--labels", str(labels), "--studies", str(cohort), "--data", str(cohort), "--epochs", "1"]
+    assert main(["train", *common, "--out", str(tmp_path / "train")]) == 0
+    assert main(["finetune", *common, "--out", str(tmp_path / "finetune")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("2 used, 0 skipped") == 2
+    digests = [
+        hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
+        for name in ("train", "finetune")
+    ]
+    assert digests[0] == digests[1]
+    assert json.loads((tmp_path / "train" / "config.json").read_text())["fine_tuned"]["labels"]["used"] == 2
+
+
+def test_crosscheck_train_with_half_the_fine_tuning_options_is_one_line_and_exit_2(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for more, needle in (
+        (["--labels", str(tmp_path / "l.json")], "give both --labels and --studies"),
+        (["--studies", str(cohort)], "give both --labels and --studies"),
+        (["--model", str(default_bundle_path())], "give it with --labels and --studies"),
+        (["--labels", "l.json", "--studies", str(cohort), "--resume"], "from scratch"),
+    ):
+        assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "o"), *more]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("crosscheck train: error: ") and needle in lines[0], (
+            lines
+        )
+    assert not (tmp_path / "o").exists()
