@@ -1,8 +1,9 @@
 """Everything the case page and the case report show about one case, gathered in one place.
 
 A :class:`CaseFile` holds the case, the result it stands for, its history, the study's image
-series (as kept by the service), the heatmap and where it lies, the similar images the
-perceptual-hash index knows of, and the record timeline: drawn from the record snapshot stored
+series (as kept by the service), the heatmap and where it lies, the similar images the image
+archive knows of (each with the matching frame of its case, where its images are kept, for the page
+to show beside this one), and the record timeline: drawn from the record snapshot stored
 with the result (`plugin.store.Timeline`, the record as it was when the study was scored;
 `plugin.review.timeline`), or ``timeline_note`` saying why there is none.
 """
@@ -25,6 +26,7 @@ from plugin.store import Case, CaseQueue, HistoryEntry, Store, StoredResult
 
 __all__ = [
     "NO_SNAPSHOT",
+    "SIMILAR_SHOWN",
     "CaseFile",
     "SeriesView",
     "SimilarImage",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: How many similar images a case file looks up the frames of (the page shows those beside the case's).
+SIMILAR_SHOWN = 5
 
 #: What the case page and the report say of a result stored without a record snapshot.
 NO_SNAPSHOT = (
@@ -57,9 +62,11 @@ class SeriesView:
 
 @dataclass(frozen=True)
 class SimilarImage:
-    """A study elsewhere in the archive whose image matches this one (the service's
-    `PerceptualHashIndex`, or the duplicate findings of the result: a sweep's), and its case when
-    it has one; distances None where the finding does not give them."""
+    """A study elsewhere in the archive whose image matches this one (the service's index of the
+    image archive, or the duplicate findings of the result: a sweep's), and its case when it has
+    one; distances None where the finding does not give them. ``sop_instance_uid`` is its matching
+    image's, and ``frame`` (series, 0-based position) where that image lies among its case's kept
+    frames (None: no case, or its images are not kept here)."""
 
     study_instance_uid: str
     same_patient: bool
@@ -67,6 +74,8 @@ class SimilarImage:
     dhash_distance: int | None
     texture_correlation: float | None
     case_id: int | None
+    sop_instance_uid: str | None = None
+    frame: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,7 @@ def build_case_file(
                     m.dhash_distance,
                     m.texture_correlation,
                     None if other is None else other.id,
+                    m.sop_instance_uid,
                 )
             )
     if stored is not None:  # the duplicates the result found (a sweep's index is not the service's)
@@ -177,6 +187,8 @@ def build_case_file(
         found = [m for m in _duplicates_found(stored.result) if m.study_instance_uid not in shown]
         if found:
             similar = [*(similar or ()), *(_with_case(m, queue) for m in found)]
+    if similar:
+        similar = [_with_frame(m, images) if n < SIMILAR_SHOWN else m for n, m in enumerate(similar)]
     timeline, timeline_note = _timeline(store, case.result_id, stored)
     return CaseFile(
         case=case,
@@ -228,7 +240,7 @@ def _duplicates_found(result: CrossCheckResult) -> list[SimilarImage]:
         same = finding.code == "duplicate.same-patient"
         for e in finding.evidence:
             if e.kind == "dicom" and e.reference == "StudyInstanceUID" and e.value != own:
-                found.append(SimilarImage(str(e.value), same, None, None, None, None))
+                found.append(SimilarImage(str(e.value), same, None, None, None, None, e.uid))
             elif found and e.reference == "hamming-distance-phash-dhash" and isinstance(e.value, list):
                 found[-1] = replace(found[-1], phash_distance=int(e.value[0]), dhash_distance=int(e.value[1]))
             elif found and e.reference == "texture-correlation" and isinstance(e.value, int | float):
@@ -239,3 +251,22 @@ def _duplicates_found(result: CrossCheckResult) -> list[SimilarImage]:
 def _with_case(match: SimilarImage, queue: CaseQueue) -> SimilarImage:
     other = queue.case_for_study(match.study_instance_uid)
     return match if other is None else replace(match, case_id=other.id)
+
+
+def _with_frame(match: SimilarImage, images: StudyImages) -> SimilarImage:
+    """The match with the position of its matching image among its case's kept frames (the middle
+    frame of a multi-frame image, the one its hashes were taken of)."""
+    if match.case_id is None or match.sop_instance_uid is None:
+        return match
+    study = images.study(match.study_instance_uid)  # None: not kept here, or unreadable
+    if study is None:
+        return match
+    for series in study.series:
+        positions = [
+            n
+            for n, ref in enumerate(series_frames(series))
+            if ref.instance.sop_instance_uid == match.sop_instance_uid
+        ]
+        if positions:
+            return replace(match, frame=(series.series_instance_uid, positions[len(positions) // 2]))
+    return match

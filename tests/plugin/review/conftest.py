@@ -17,7 +17,15 @@ import pytest
 
 from plugin.store import CaseQueue, Store
 from plugin.store.users import ScryptParams, Users
-from tests.plugin.service.conftest import API_KEY, Serve, cds_client, scorer, serve, study_files
+from tests.plugin.service.conftest import (
+    API_KEY,
+    Serve,
+    cds_client,
+    refiled_parts,
+    scorer,
+    serve,
+    study_files,
+)
 
 __all__ = ["PASSWORD", "USER", "Flagged", "cds_client", "flagged", "login", "scorer", "serve"]
 
@@ -110,3 +118,27 @@ def flagged(serve: Serve, cohort: Path, tmp_path: Path) -> Iterator[Flagged]:
             case.study_instance_uid,
             entry["patient_id"],
         )
+
+
+def refile_flagged(flagged: Flagged, cohort: Path) -> tuple[int, str]:
+    """The flagged case's images filed again, under new UIDs, as a study of another patient (with
+    that patient's Bundle), uploaded to the running service: the copy's case id and StudyInstanceUID
+    (the duplicate check flags it)."""
+    *_, original = study_files(cohort, 0)
+    other = next(i for i in range(1, 20) if study_files(cohort, i)[0]["patient_id"] != flagged.patient_id)
+    _, other_bundle, other_dicom = study_files(cohort, other)
+    parts = [
+        *refiled_parts(original, other_dicom[0]),
+        ("bundle", ("bundle.json", other_bundle.read_bytes(), "application/fhir+json")),
+    ]
+    answer = httpx.post(
+        f"{flagged.url}/v1/crosscheck", files=parts, headers={"X-API-Key": API_KEY}, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["results"]
+    assert "duplicate.other-patient" in {f["code"] for f in item["result"]["findings"]}
+    uid = item["result"]["case"]["study_instance_uid"]
+    with Store.open(f"sqlite:///{flagged.data_dir / 'crosscheck.db'}") as store:
+        copy = CaseQueue(store).case_for_study(uid)
+    assert copy is not None
+    return copy.id, uid

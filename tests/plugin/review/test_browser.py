@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.plugin.review.conftest import PASSWORD, USER, Flagged, browser_api
+from tests.plugin.review.conftest import PASSWORD, USER, Flagged, browser_api, refile_flagged
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +92,23 @@ def test_find_a_case_look_at_it_and_record_a_disposition(page: Any, flagged: Fla
     stale_page.click("form.disposition button")
     assert "changed by someone else" in stale_page.locator("#message").inner_text()
     assert "confirmed-genuine" not in stale_page.locator("#history").inner_text()
+
+
+def test_a_refiled_image_is_shown_beside_the_original(page: Any, flagged: Flagged, cohort: Path) -> None:
+    """In Chromium: the copy's case shows the original's matching frame among its similar images,
+    a real image (not blank), and a click on it opens the original's case."""
+    copy_case, _ = refile_flagged(flagged, cohort)
+    p = page
+    _log_in(p, flagged.url, PASSWORD)
+    p.wait_for_url(f"{flagged.url}/review")
+    p.goto(f"{flagged.url}/review/cases/{copy_case}")
+    thumb = p.locator("img.similar").first
+    thumb.scroll_into_view_if_needed()
+    p.wait_for_function(
+        "(() => { const i = document.querySelector('img.similar');"
+        " return i && i.complete && i.naturalWidth > 0; })()"
+    )
+    shot = _shot(thumb)
+    assert shot.shape[1] >= 100 and shot.std() > 5, "the similar image is blank"
+    thumb.click()
+    p.wait_for_url(f"**/review/cases/{flagged.case_id}")

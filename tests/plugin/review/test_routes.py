@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 
 from plugin.store import Store
-from tests.plugin.review.conftest import OTHER, PASSWORD, USER, Flagged, add_users, csrf_of, login
+from tests.plugin.review.conftest import (
+    OTHER,
+    PASSWORD,
+    USER,
+    Flagged,
+    add_users,
+    csrf_of,
+    login,
+    refile_flagged,
+)
 from tests.plugin.service.conftest import Serve
 
 pytestmark = pytest.mark.slow
@@ -185,3 +194,21 @@ def test_the_case_page_draws_the_record_timeline_from_the_snapshot(flagged: Flag
             "No record snapshot was kept for this result" in gone.text
             and '<svg class="chart"' not in gone.text
         )
+
+
+def test_a_refiled_image_shows_the_original_beside_it(flagged: Flagged, cohort: Path) -> None:
+    """The case's image filed again under another patient: the copy's case lists the original
+    among its similar images, with the original's matching frame, and the original lists the copy."""
+    copy_case, copy_uid = refile_flagged(flagged, cohort)
+    with _client(flagged.url) as http:
+        login(http)
+        page = http.get(f"/review/cases/{copy_case}").text
+        similar = page[page.index('id="similar"') :]
+        assert flagged.study_instance_uid in similar and "another patient" in similar
+        src = re.search(r'<img class="similar" src="([^"]+)"', similar)
+        assert src and src.group(1).startswith(f"/review/cases/{flagged.case_id}/frames/")
+        thumb = http.get(src.group(1))
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        assert max(Image.open(io.BytesIO(thumb.content)).getextrema()) > 0
+        back = http.get(f"/review/cases/{flagged.case_id}").text
+        assert copy_uid in back[back.index('id="similar"') :]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.scorer import Scorer
@@ -63,3 +66,21 @@ def study_files(cohort: Path, index: int = 0) -> tuple[dict[str, Any], Path, lis
     manifest = json.loads((cohort / "manifest.json").read_text())
     case = manifest["cases"][index]
     return case, cohort / case["bundle"], sorted((cohort / case["dicom"]).rglob("*.dcm"))
+
+
+def refiled_parts(dicom: list[Path], under: Path) -> list[tuple[str, tuple]]:
+    """The study's pixels as a new study of the patient whose DICOM file ``under`` is (new UIDs)."""
+    owner = pydicom.dcmread(under, stop_before_pixels=True)
+    study, series = generate_uid(), generate_uid()
+    parts = []
+    for path in dicom:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
+            if keyword in owner:
+                setattr(ds, keyword, owner[keyword].value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        parts.append(("dicom", (path.name, out.getvalue(), "application/dicom")))
+    return parts

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from tests.plugin.service.conftest import API_KEY, Serve, study_files
+from tests.plugin.service.conftest import API_KEY, Serve, refiled_parts, study_files
 
 pytestmark = pytest.mark.slow
 
 KEY = {"X-API-Key": API_KEY}
-
-
-def _refiled(dicom: list[Path], under: Path) -> list[tuple[str, tuple]]:
-    """The study's pixels as a new study of the patient whose DICOM file ``under`` is (new UIDs)."""
-    owner = pydicom.dcmread(under, stop_before_pixels=True)
-    study, series = generate_uid(), generate_uid()
-    parts = []
-    for path in dicom:
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
-            if keyword in owner:
-                setattr(ds, keyword, owner[keyword].value)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-        parts.append(("dicom", (path.name, out.getvalue(), "application/dicom")))
-    return parts
 
 
 def _findings(response: httpx.Response) -> dict[str, dict]:
@@ -52,7 +31,7 @@ def test_an_image_scored_before_a_restart_is_found_refiled_after_it(serve: Serve
         first = httpx.post(f"{url}/v1/crosscheck", files=upload, headers=KEY, timeout=60)
         assert "duplicate.other-patient" not in _findings(first)
     refiled = [
-        *_refiled(original, other_dicom[0]),
+        *refiled_parts(original, other_dicom[0]),
         ("bundle", ("bundle.json", other_bundle.read_bytes(), "application/fhir+json")),
     ]
     with serve() as url:  # a new process on the same data folder
