@@ -181,10 +181,23 @@ def _train_on_labels(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from plugin.finetune import run_finetune
+    from plugin.servers import ServerSettings, server_settings
 
+    studies: Path | ServerSettings
+    if args.studies is not None:
+        if args.dicomweb or args.fhir:
+            raise UsageError("give --studies FOLDER or the servers (--dicomweb, --fhir), not both")
+        studies = Path(args.studies)
+    else:
+        studies = server_settings(args)
+        if studies.dicomweb_url is None:
+            raise UsageError(
+                "give --studies FOLDER, or --dicomweb URL (with --fhir URL for the records) to fetch the "
+                "labelled studies from the PACS"
+            )
     return run_finetune(
         labels=Path(args.labels),
-        studies=Path(args.studies),
+        studies=studies,
         out=Path(args.out),
         model=Path(args.model) if args.model else None,
         data=Path(args.data) if args.data else None,
@@ -235,6 +248,8 @@ _SWEEP_SERVER_OPTIONS = (
     "patients_file",
     "accession",
     "accessions_file",
+    "study_uid",
+    "study_uids_file",
     "fhir",
     "dicomweb",
 )
@@ -256,7 +271,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.path is None and not servers:
         raise UsageError(
             "give a FOLDER to sweep, or the filters of a server sweep: --date-from/--date-to, "
-            "--modality, --patient (or --patients-file), --accession (or --accessions-file)"
+            "--modality, --patient (or --patients-file), --accession (or --accessions-file), "
+            "--study-uid (or --study-uids-file)"
         )
     with ExitStack() as stack:
         if args.path is not None:
@@ -312,12 +328,16 @@ def _server_units(args: argparse.Namespace, cache: Path) -> tuple[tuple[SweepUni
     accessions = list(args.accession or [])
     if args.accessions_file:
         accessions += read_identifiers(Path(args.accessions_file), "--accessions-file")
+    uids = list(args.study_uid or [])
+    if args.study_uids_file:
+        uids += read_identifiers(Path(args.study_uids_file), "--study-uids-file")
     selection = StudySelection(
         date_from=parse_study_date(args.date_from, "--date-from") if args.date_from else None,
         date_to=parse_study_date(args.date_to, "--date-to") if args.date_to else None,
         modalities=tuple(args.modality or ()),
         patient_ids=tuple(patients),
         accession_numbers=tuple(accessions),
+        study_instance_uids=tuple(uids),
     )
     settings = server_settings(args)
     units = units_from_servers(settings, selection, cache=cache)
@@ -613,14 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         _cmd_finetune,
         "Fine-tune a model bundle on the investigators' labels (`crosscheck labels`): each label's study "
-        "found by StudyInstanceUID in --studies, mixed with replay of the training cohort (--data).",
+        "found by StudyInstanceUID in --studies (or on the PACS and FHIR server), mixed with replay of "
+        "the training cohort (--data).",
     )
     p.add_argument("--labels", required=True, help="labels file written by `crosscheck labels --out`")
     p.add_argument(
         "--studies",
-        required=True,
         help="folder holding the labelled studies: the folder a sweep scored, a cohort folder, or any "
-        "folder of FHIR Bundles and DICOM (as `crosscheck check` reads)",
+        "folder of FHIR Bundles and DICOM (as `crosscheck check` reads); without it, they are fetched "
+        "from the PACS (--dicomweb) by StudyInstanceUID, their records from the FHIR server (--fhir)",
     )
     p.add_argument("--model", help="model bundle to start from (default: the bundled model)")
     p.add_argument(
@@ -652,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="warn",
         help="an invalid FHIR resource or DICOM file in --studies: stop (raise) or skip it (warn, ignore)",
     )
+    add_server_arguments(p, dimse=False)
 
     p = add("evaluate", _cmd_evaluate, "Evaluate a model bundle on a labelled cohort folder.")
     p.add_argument("--data", required=True, help="cohort folder with manifest labels")
@@ -691,6 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patients-file", metavar="FILE", help="PatientIDs, one a line (# comments)")
     g.add_argument("--accession", action="append", metavar="N", help="AccessionNumber (repeatable: any of)")
     g.add_argument("--accessions-file", metavar="FILE", help="AccessionNumbers, one a line (# comments)")
+    g.add_argument(
+        "--study-uid", action="append", metavar="UID", help="StudyInstanceUID (repeatable: any of)"
+    )
+    g.add_argument("--study-uids-file", metavar="FILE", help="StudyInstanceUIDs, one a line (# comments)")
     p.add_argument("--site", help="site profile JSON (default: the folder's site.json, if any)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default=None, help="torch device for the model (default: cuda if present)")

@@ -3,10 +3,13 @@
 The labels are ``crosscheck labels``' file (`plugin.store.TrainingLabel`: dispositions and CDS
 Hooks overrides). Each label's study is found by its StudyInstanceUID in a folder the user gives,
 read as ``crosscheck sweep`` reads one (`plugin.sweep.units_from_folder`): a cohort folder, the
-folder a sweep scored, or any folder of FHIR Bundles and DICOM studies. A label whose study is not
-there is counted and reported (its StudyInstanceUID at DEBUG), never dropped silently. A folder of
-DICOM without the patients' Bundles gives cases without a record: their labels train the
-synthetic head only.
+folder a sweep scored, or any folder of FHIR Bundles and DICOM studies. Or on the servers a server
+sweep read them from (`find_studies_on_servers`): each labelled study searched on the PACS by its
+StudyInstanceUID (QIDO-RS), fetched over WADO-RS into a temporary folder kept while the fine-tune
+runs, and linked to its patient's record on the FHIR server as a server sweep links it. A label
+whose study is not there is counted and reported (its StudyInstanceUID at DEBUG), never dropped
+silently. A folder of DICOM without the patients' Bundles (or a PACS without a FHIR server) gives
+cases without a record: their labels train the synthetic head only.
 
 **What each label trains** (:data:`HEAD_TARGETS`): a label trains the heads it speaks for, and only
 those (consistency target 1: the image belongs with the record; synthetic target 1: the pixels
@@ -42,27 +45,34 @@ and the labels file's sha256 (of its bytes, as read: ``sha256sum`` gives the sam
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from connectors import Strictness
-from connectors.domain import Case
+from connectors import Strictness, link_cases, read_dicom
+from connectors.domain import Case, PatientRecord
 from connectors.errors import ConnectorError
+from connectors.fhir.fetch import fetch_record
+from connectors.http import redact_url
 from fusion.finetune import TargetedCase, fine_tune
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.train import LabelledCase
 from plugin.cohort import load_cohort
-from plugin.errors import FineTuneError, LabelledStudiesNotFound, LabelsFileInvalid
+from plugin.errors import EmptySelection, FineTuneError, LabelledStudiesNotFound, LabelsFileInvalid
+from plugin.servers import ServerSettings
 from plugin.store import FabricationKind, TrainingLabel
 from plugin.sweep.prepare import load_case
+from plugin.sweep.servers import StudySelection, units_from_servers
 from plugin.sweep.units import units_from_folder
 
 __all__ = [
@@ -70,6 +80,7 @@ __all__ = [
     "FoundStudies",
     "LabelsFile",
     "find_studies",
+    "find_studies_on_servers",
     "fine_tuned_version",
     "head_targets",
     "read_labels",
@@ -189,6 +200,79 @@ def find_studies(
     return FoundStudies(cases, tuple(missing), tuple(unreadable))
 
 
+def find_studies_on_servers(
+    uids: Iterable[str],
+    settings: ServerSettings,
+    cache: Path,
+    *,
+    strictness: Strictness | str = Strictness.WARN,
+) -> FoundStudies:
+    """Each study of ``uids`` the PACS of ``settings`` holds, fetched into ``cache`` (its files must
+    stay there while the cases are used) and linked to its patient's record on the FHIR server (see
+    the module docstring). A study the PACS does not hold is missing; one whose fetch, or whose
+    record's, fails is unreadable. `connectors.errors.ServerError` when a server cannot be reached."""
+    wanted = list(dict.fromkeys(uids))
+    try:
+        units = units_from_servers(settings, StudySelection(study_instance_uids=tuple(wanted)), cache=cache)
+    except EmptySelection:
+        units = ()
+    by_uid = {u.study_instance_uid: u for u in units}
+    patients = sorted({u.source.fhir_patient for u in units if u.source and u.source.fhir_patient})
+    records, failed = asyncio.run(_records(settings, patients, strictness)) if patients else ({}, set())
+    cases: dict[str, Case] = {}
+    missing: list[str] = []
+    unreadable: list[str] = []
+    assert settings.dicomweb_url is not None  # units_from_servers refuses settings without one
+    with settings.dicomweb_source(settings.dicomweb_url) as pacs:
+        for uid in wanted:
+            unit = by_uid.get(uid)
+            if unit is None:
+                missing.append(uid)
+                logger.debug("labelled study %s is not on the PACS", uid)
+                continue
+            patient = unit.source.fhir_patient if unit.source else None
+            try:
+                if patient in failed:
+                    raise ConnectorError(f"the record of Patient/{patient} could not be fetched")
+                pacs.download_study(uid, cache)
+                study = next(
+                    s for s in read_dicom(cache / uid, strictness=strictness) if s.study_instance_uid == uid
+                )
+            except (ConnectorError, OSError, StopIteration) as exc:
+                unreadable.append(uid)
+                logger.debug("labelled study %s could not be fetched: %s", uid, exc.__class__.__name__)
+                continue
+            record = records.get(patient) if patient is not None else None
+            cases[uid] = link_cases([study.decoding_once()], [record] if record is not None else [])[0]
+    return FoundStudies(cases, tuple(missing), tuple(unreadable))
+
+
+async def _records(
+    settings: ServerSettings, patients: list[str], strictness: Strictness | str
+) -> tuple[dict[str, PatientRecord], set[str]]:
+    """The records of ``patients`` on the FHIR server; the Patient ids whose fetch failed."""
+    fhir = settings.fhir_client()
+    records: dict[str, PatientRecord] = {}
+    failed: set[str] = set()
+    try:
+        capabilities = await fhir.capabilities()
+        fetched = await asyncio.gather(
+            *(fetch_record(fhir, p, strictness=strictness, capabilities=capabilities) for p in patients),
+            return_exceptions=True,
+        )
+    finally:
+        await fhir.aclose()
+    for patient, got in zip(patients, fetched, strict=True):
+        if isinstance(got, ConnectorError):
+            failed.add(patient)
+            logger.debug("the record of Patient/%s could not be fetched: %s", patient, type(got).__name__)
+        elif isinstance(got, BaseException):
+            raise got
+        else:
+            records[patient] = got.record
+    return records, failed
+
+
 def fine_tuned_version(parent_version: str, labels_sha256: str) -> str:
     """``0.3.0`` -> ``0.3.0+ft.1a2b3c4d`` (a PEP 440 local version naming the labels file)."""
     tag = f"ft.{labels_sha256[:8]}"
@@ -223,7 +307,7 @@ def _plural(n: int, word: str, words: str | None = None) -> str:
 def run_finetune(
     *,
     labels: Path,
-    studies: Path,
+    studies: Path | ServerSettings,
     out: Path,
     model: Path | None = None,
     data: Path | None = None,
@@ -238,7 +322,8 @@ def run_finetune(
     strictness: Strictness | str = Strictness.WARN,
     progress: bool = True,
 ) -> int:
-    """``crosscheck finetune`` (see the module docstring); prints what it did, returns 0."""
+    """``crosscheck finetune`` (see the module docstring); prints what it did, returns 0. ``studies``
+    is the folder holding the labelled studies, or the servers to fetch them from."""
     if epochs < 1 or batch_size < 1:
         raise FineTuneError("--epochs and --batch-size must be at least 1")
     if not (math.isfinite(lr) and lr > 0):
@@ -255,12 +340,65 @@ def run_finetune(
             f"none of the {_plural(len(read.labels), 'label')} in {labels} can train a head: they are "
             "fabrications of kind other or not said; record the kind with the disposition"
         )
-    found = find_studies([label.study_instance_uid for label in usable], studies, strictness=strictness)
+    with contextlib.ExitStack() as stack:
+        if isinstance(studies, ServerSettings):
+            where = f"the PACS at {redact_url(studies.dicomweb_url or '')}"
+            cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crosscheck-finetune-")))
+            found = find_studies_on_servers(
+                [label.study_instance_uid for label in usable], studies, cache, strictness=strictness
+            )
+        else:
+            where = str(studies)
+            found = find_studies(
+                [label.study_instance_uid for label in usable], studies, strictness=strictness
+            )
+        return _fine_tune_found(
+            read,
+            usable,
+            skipped,
+            found,
+            where,
+            out=out,
+            model=model,
+            data=data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            replay_ratio=replay_ratio,
+            calibration_cases=calibration_cases,
+            seed=seed,
+            device=device,
+            version=version,
+            progress=progress,
+        )
+
+
+def _fine_tune_found(
+    read: LabelsFile,
+    usable: list[TrainingLabel],
+    skipped: int,
+    found: FoundStudies,
+    where: str,
+    *,
+    out: Path,
+    model: Path | None,
+    data: Path | None,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    replay_ratio: int,
+    calibration_cases: int,
+    seed: int,
+    device: str | None,
+    version: str | None,
+    progress: bool,
+) -> int:
+    """`run_finetune` once the labelled studies are found (in ``where``: a folder, or a PACS)."""
     if not found.cases:
         raise LabelledStudiesNotFound(
-            f"none of the {_plural(len(usable), 'labelled study', 'labelled studies')} is in {studies} "
-            "(matched by StudyInstanceUID): give the folder that was swept, or the cohort the results "
-            "came from"
+            f"none of the {_plural(len(usable), 'labelled study', 'labelled studies')} is in {where} "
+            "(matched by StudyInstanceUID): give the folder that was swept, the cohort the results "
+            "came from, or the servers a server sweep read"
         )
     labelled: list[TargetedCase] = []
     no_record = 0
@@ -276,13 +414,13 @@ def run_finetune(
         labelled.append(targeted)
     if not labelled:
         raise FineTuneError(
-            f"the labelled studies found in {studies} have no record, and their labels train only the "
+            f"the labelled studies found in {where} have no record, and their labels train only the "
             "consistency head: give a folder with the patients' FHIR Bundles"
         )
     print(
-        f"{_plural(len(read.labels), 'label')} in {labels} (sha256 {read.sha256[:12]}): "
+        f"{_plural(len(read.labels), 'label')} in {read.path} (sha256 {read.sha256[:12]}): "
         f"{len(labelled)} used, {skipped} skipped (fabrication kind other or not said: no head to train), "
-        f"{len(found.missing)} not found in {studies}, {len(found.unreadable)} unreadable, "
+        f"{len(found.missing)} not found in {where}, {len(found.unreadable)} unreadable, "
         f"{no_record} without a record (StudyInstanceUIDs at -vv)"
     )
     parent = load_bundle(model or default_bundle_path(), device=device)

@@ -4,8 +4,8 @@ The PACS is searched with QIDO-RS (`connectors.dicom.web.DicomWebSource.search_s
 paged by ``limit``/``offset``, so an archive of thousands of studies lists in pages):
 
 - ``StudyDate`` as a DICOM range (``20240101-20240131``; an open end: ``20240101-``);
-- ``PatientID`` (as the PACS files studies: usually the MRN) and ``AccessionNumber``, one
-  search per value;
+- ``PatientID`` (as the PACS files studies: usually the MRN), ``AccessionNumber`` and
+  ``StudyInstanceUID``, one search per value;
 - ``ModalitiesInStudy`` is matched here, on the value each match returns (or, where a PACS
   leaves it out, on its series' Modality), never sent: Orthanc matches it on the series
   after cutting the page, so a paged search by modality loses studies (``limit=2&offset=2``
@@ -83,19 +83,28 @@ class StudySelection:
     modalities: tuple[str, ...] = ()
     patient_ids: tuple[str, ...] = ()
     accession_numbers: tuple[str, ...] = ()
+    study_instance_uids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, upper in (("modalities", True), ("patient_ids", False), ("accession_numbers", False)):
+        names = ("modalities", "patient_ids", "accession_numbers", "study_instance_uids")
+        for name, upper in zip(names, (True, False, False, False), strict=True):
             values = [str(v).strip() for v in getattr(self, name)]
             if any(not v for v in values):
                 raise UsageError(f"an empty value among the {name.replace('_', ' ')} of the sweep")
             object.__setattr__(self, name, tuple(sorted({v.upper() if upper else v for v in values})))
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise UsageError(f"--date-from {self.date_from} is after --date-to {self.date_to}")
-        if not (self.study_date or self.modalities or self.patient_ids or self.accession_numbers):
+        if not (
+            self.study_date
+            or self.modalities
+            or self.patient_ids
+            or self.accession_numbers
+            or self.study_instance_uids
+        ):
             raise UsageError(
                 "a server sweep needs at least one filter: --date-from/--date-to, --modality, "
-                "--patient (or --patients-file), --accession (or --accessions-file)"
+                "--patient (or --patients-file), --accession (or --accessions-file), --study-uid "
+                "(or --study-uids-file)"
             )
 
     @property
@@ -110,16 +119,19 @@ class StudySelection:
     def queries(self) -> list[dict[str, str]]:
         """The QIDO-RS study searches (DICOM keyword -> value) whose union holds the selection.
 
-        One search per AccessionNumber when some are given (each names about one study), else
-        one per PatientID, else one; the StudyDate range and a single PatientID go into every
-        search, the rest is checked on what comes back (`matches`). ModalitiesInStudy is never
-        sent (see the module docstring): with no other filter, the one search lists every study.
+        One search per StudyInstanceUID when some are given (each names one study), else one per
+        AccessionNumber (each names about one study), else one per PatientID, else one; the
+        StudyDate range and a single PatientID go into every search, the rest is checked on what
+        comes back (`matches`). ModalitiesInStudy is never sent (see the module docstring): with
+        no other filter, the one search lists every study.
         """
         common: dict[str, str] = {}
         if self.study_date:
             common["StudyDate"] = self.study_date
         if len(self.patient_ids) == 1:
             common["PatientID"] = self.patient_ids[0]
+        if self.study_instance_uids:
+            return [{**common, "StudyInstanceUID": u} for u in self.study_instance_uids]
         if self.accession_numbers:
             return [{**common, "AccessionNumber": a} for a in self.accession_numbers]
         if self.patient_ids:
@@ -134,6 +146,8 @@ class StudySelection:
         def agrees(keyword: str, value: str | None, wanted: Callable[[str], bool]) -> bool:
             return keyword in query if value is None else wanted(value)
 
+        if self.study_instance_uids and ref.study_instance_uid not in self.study_instance_uids:
+            return False
         if self.patient_ids and not agrees("PatientID", ref.patient_id, lambda v: v in self.patient_ids):
             return False
         if self.accession_numbers and not agrees(
@@ -162,6 +176,9 @@ class StudySelection:
         if self.accession_numbers:
             n = len(self.accession_numbers)
             parts.append(f"{n} AccessionNumber{'s' if n > 1 else ''}")
+        if self.study_instance_uids:
+            n = len(self.study_instance_uids)
+            parts.append(f"{n} StudyInstanceUID{'s' if n > 1 else ''}")
         return ", ".join(parts)
 
 

@@ -97,6 +97,22 @@ def test_a_selection_needs_a_filter_sane_dates_and_no_empty_value() -> None:
         StudySelection(patient_ids=("P1", " "))
 
 
+def test_study_instance_uids_make_one_search_each_and_are_checked_on_what_comes_back() -> None:
+    selection = StudySelection(
+        date_from=date(2024, 1, 1), accession_numbers=("A1",), study_instance_uids=("1.2.9", "1.2.3", "1.2.9")
+    )
+    assert selection.study_instance_uids == ("1.2.3", "1.2.9")
+    assert selection.queries() == [
+        {"StudyDate": "20240101-", "StudyInstanceUID": "1.2.3"},
+        {"StudyDate": "20240101-", "StudyInstanceUID": "1.2.9"},
+    ]
+    query = selection.queries()[0]
+    assert selection.matches(_ref("1.2.3"), query)
+    assert not selection.matches(_ref("1.2.4"), query)  # a PACS that ignores the UID does not widen it
+    assert not selection.matches(_ref("1.2.3", accession="A9"), query)  # AND with the other filters
+    assert StudySelection(study_instance_uids=("1.2.3",)).describe() == "1 StudyInstanceUID"
+
+
 def test_the_description_names_no_patient_or_accession() -> None:
     selection = StudySelection(
         date_from=date(2024, 1, 1),
