@@ -1,7 +1,8 @@
 """The store's tables as SQLAlchemy ORM models (the migrations in ``migrations/versions`` create them).
 
 ``results``        every CrossCheckResult stored; updated only where a batch sweep amends a study's
-                 duplicate findings (an image it met later repeats this one's)
+                 duplicate findings (an image it met later repeats this one's), each amendment
+                 audited (``result.amend``) with the flag, score and finding codes it replaced
 ``cds_feedback``   CDS Hooks Feedback entries, one row per entry (a Card may get several)
 ``audit_events``   the audit trail, append-only (database triggers refuse UPDATE and DELETE)
 ``cds_jti``        the ``jti`` of CDS Client JWTs already used, until they expire

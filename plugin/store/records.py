@@ -84,7 +84,8 @@ class AuditAction(StrEnum):
     """What was done. Later areas add members. The case queue records its own changes (``case.*``)
     in the transaction that makes them; the review page records views (``case.read``), logins
     (``user.login``) and the login attempts refused by a lock-out (``user.login-throttled``: too
-    many failures for the user name or from the address, `plugin.store.throttle`)."""
+    many failures for the user name or from the address, `plugin.store.throttle`); a sweep records
+    each stored result it amends (``result.amend``, with what it was before)."""
 
     CASE_COMMENT = "case.comment"
     CASE_LIST = "case.list"
@@ -96,6 +97,7 @@ class AuditAction(StrEnum):
     FEEDBACK = "feedback"
     INGEST = "ingest"
     LABELS_EXPORT = "labels.export"
+    RESULT_AMEND = "result.amend"
     RESULT_CREATE = "result.create"
     RESULT_READ = "result.read"
     USER_CREATE = "user.create"

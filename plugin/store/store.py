@@ -366,9 +366,15 @@ class Store:
         )
         return self._first_result(query)
 
-    @staticmethod
-    def _amend(session: Session, amended: Sequence[tuple[str, CrossCheckResult]]) -> None:
+    def _amend(self, session: Session, amended: Sequence[tuple[str, CrossCheckResult]]) -> None:
+        """Write the amended results over theirs, each with an audit event (``result.amend``) saying
+        what it was before: its flag, overall score and finding codes (no evidence: it may name
+        another patient's key)."""
         for result_id, result in amended:
+            row = session.get(ResultRow, result_id)
+            if row is None:  # pragma: no cover - an amendment names a result stored before it
+                continue
+            before = CrossCheckResult.from_json(row.result_json)
             session.execute(
                 sa.update(ResultRow)
                 .where(ResultRow.id == result_id)
@@ -378,6 +384,24 @@ class Store:
                     score_synthetic=result.scores.synthetic,
                     flagged=result.flagged,
                     result_json=result.to_json(),
+                )
+            )
+            session.add(
+                AuditEventRow(
+                    at=self._now(),
+                    actor_kind=ActorKind.SYSTEM.value,
+                    actor_id="sweep",
+                    action=AuditAction.RESULT_AMEND.value,
+                    result_id=result_id,
+                    study_instance_uid=result.case.study_instance_uid,
+                    model_version=None if result.model is None else result.model.version,
+                    outcome="amended",
+                    detail=audit_detail(
+                        {
+                            "before": _summary(before),
+                            "after": _summary(result),
+                        }
+                    ),
                 )
             )
             logger.debug("amended result %s", result_id)
@@ -725,6 +749,15 @@ def _reason(exc: SQLAlchemyError) -> str:
     """The driver's error class, without its message: that can quote values."""
     orig = getattr(exc, "orig", None)
     return type(orig).__name__ if orig is not None else type(exc).__name__
+
+
+def _summary(result: CrossCheckResult) -> dict[str, Any]:
+    """What an amendment's audit event keeps of a result: its flag, overall score, finding codes."""
+    return {
+        "flagged": result.flagged,
+        "overall": result.scores.overall,
+        "findings": sorted(f.code for f in result.findings),
+    }
 
 
 def _stored_result(row: ResultRow) -> StoredResult:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from fusion.cohort.simulate import simulate
 from plugin.cli import main
-from plugin.store import CaseQueue, ImageArchive, Store
+from plugin.store import AuditAction, CaseQueue, ImageArchive, Store
 from plugin.store.models import ImageFingerprintRow
 from plugin.sweep import run_sweep, units_from_folder
 from plugin.sweep.local import LocalEngine
@@ -65,6 +65,21 @@ def test_every_study_gets_the_duplicates_of_the_whole_sweep(
         assert doubled <= flagged
         cases = {c.study_instance_uid for c in CaseQueue(store).cases(limit=100)}
         assert cases == flagged  # a study flagged by an amendment is in the queue too
+        # each amendment is audited with what the result was before: the earlier of each pair
+        amends = [e for e in store.audit_events(limit=500) if e.action == AuditAction.RESULT_AMEND]
+        assert amends and {e.study_instance_uid for e in amends} <= doubled
+        for e in amends:
+            assert e.actor.id == "sweep" and e.detail is not None
+            assert set(e.detail["after"]["findings"]) - set(e.detail["before"]["findings"]) <= {
+                "duplicate.other-patient",
+                "duplicate.same-patient",
+            }
+        newest = {}
+        for e in amends:  # newest first
+            newest.setdefault(e.study_instance_uid, e)
+        for uid, e in newest.items():  # the last amendment left the result as it is stored
+            assert e.detail is not None and e.detail["after"]["findings"] == sorted(swept[uid][0])
+            assert e.detail["after"]["flagged"] == swept[uid][1]
 
 
 def test_a_resumed_sweep_reads_the_fingerprints_it_kept_instead_of_the_studies(
