@@ -22,6 +22,6 @@ def test_the_duplicates_a_result_found_are_its_similar_images() -> None:
         timings_ms={},
     )
     assert _duplicates_found(result) == [
-        SimilarImage("1.2.9", False, 3, 1, 0.97, None),
-        SimilarImage("1.2.8", True, 5, 2, None, None),
+        SimilarImage("1.2.9", False, 3, 1, 0.97, None, "1.2.9.1"),
+        SimilarImage("1.2.8", True, 5, 2, None, None, "1.2.8.1"),
     ]
