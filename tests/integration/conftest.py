@@ -1,4 +1,5 @@
-"""Session fixtures: a real Orthanc and a real sekmet-fhir, loaded with a small simulated cohort.
+"""Session fixtures: a real Orthanc and a real sekmet-fhir, loaded with a small simulated cohort, and
+a real PostgreSQL (a fresh database a test).
 
 A server that cannot start is a test failure, never a skip (CI installs both).
 """
@@ -27,7 +28,7 @@ def _load_servers():  # a plain module beside this file, shared with bench/bench
 
 
 servers = _load_servers()
-Orthanc, Sekmet = servers.Orthanc, servers.Sekmet
+Orthanc, Sekmet, PostgreSQL = servers.Orthanc, servers.Sekmet, servers.PostgreSQL
 start_orthanc, start_sekmet, stop = servers.start_orthanc, servers.start_sekmet, servers.stop
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -52,6 +53,30 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sekmet]:
         yield server
     finally:
         stop(server.process)
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
+    server = servers.start_postgresql(tmp_path_factory.mktemp("postgresql"))
+    try:
+        yield server
+    finally:
+        stop(server.process)
+
+
+@pytest.fixture
+def postgresql_url(postgresql: PostgreSQL, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    with psycopg.connect(
+        f"host=127.0.0.1 port={postgresql.port} user={postgresql.user} dbname=postgres"
+    ) as db:
+        db.autocommit = True
+        db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return postgresql.url(name)
 
 
 @pytest.fixture(scope="session")

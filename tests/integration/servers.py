@@ -1,4 +1,5 @@
-"""Real servers for the integration tests and the benchmarks: Orthanc (PACS) and sekmet-fhir (FHIR R4).
+"""Real servers for the integration tests and the benchmarks: Orthanc (PACS), sekmet-fhir (FHIR R4)
+and PostgreSQL (the store's other database).
 
 Each is started as our own process on free loopback ports with its own storage
 folder and configuration, with authentication on, waited for until it answers,
@@ -8,6 +9,7 @@ and ended by its PID (never by name).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -186,6 +188,78 @@ def start_sekmet(folder: Path) -> Sekmet:
         folder / "sekmet.log",
         "sekmet-fhir",
     )
+    return server
+
+
+@dataclass
+class PostgreSQL:
+    process: subprocess.Popen[bytes]
+    port: int
+    folder: Path
+    user: str
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+
+def start_postgresql(folder: Path) -> PostgreSQL:
+    """A private PostgreSQL cluster (Debian's ``postgresql`` package): initdb into ``folder``, trust
+    authentication on loopback only, our own port and socket folder. PostgreSQL refuses to run as
+    root, so as root the cluster belongs to the ``postgres`` user the package creates."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    bin_dir = found[-1].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "data"
+    as_user: list[str] = []
+    user = os.environ.get("USER") or "postgres"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        for parent in folder.parents:  # the socket and data folders must be reachable by postgres
+            if parent == Path(parent.anchor):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        as_user, user = ["runuser", "-u", "postgres", "--"], "postgres"
+    log = folder / "postgresql.log"
+    init = subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if init.returncode != 0:
+        raise RuntimeError(f"initdb failed: {init.stderr[-2000:]}")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(folder),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = PostgreSQL(process, port, folder, user)
+
+    def ready() -> bool:
+        check = subprocess.run(
+            [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+            capture_output=True,
+            check=False,
+        )
+        return check.returncode == 0
+
+    _wait(ready, process, log, "PostgreSQL")
     return server
 
 
