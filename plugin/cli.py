@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -281,7 +280,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             )
             units, site, description = found.units, found.site, f"folder {found.root}"
         else:
-            cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crosscheck-sweep-")))
+            from plugin.sweep.fetch import download_cache
+
+            cache = stack.enter_context(download_cache(Path(args.data_dir)))
             units, description = _server_units(args, cache)
             site = _site(args)
         database = args.database_url or Settings(data_dir=Path(args.data_dir)).database

@@ -15,17 +15,22 @@ FHIR server, linked as ``crosscheck check`` links them.
 - **Record**: `connectors.fhir.fetch.fetch_record`, as ``crosscheck check --patient`` and the
   service assemble it; kept per reader while its versions (the unit's ``record`` input) are
   unchanged, since a patient's studies come one after another.
+- **Cache**: `download_cache`, a folder of the sweep's data folder
+  (``<data-dir>/sweep-cache/<pid>-...``) removed when the sweep ends; what a sweep killed by
+  ``kill -9`` left there (patients' images) is removed by the next sweep that finds its process gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import socket
+import tempfile
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +44,7 @@ from plugin.servers import ServerSettings
 from plugin.sweep.servers import ServerStudy
 from plugin.sweep.units import SweepUnit
 
-__all__ = ["load_server_case", "load_server_study"]
+__all__ = ["download_cache", "load_server_case", "load_server_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +154,31 @@ def load_server_case(unit: SweepUnit, strictness: Strictness | str = Strictness.
     study = reader.study(unit, source, strictness).decoding_once()
     records = [] if source.fhir_patient is None else [reader.record(unit, source.fhir_patient, strictness)]
     return link_cases([study], records)[0]
+
+
+@contextlib.contextmanager
+def download_cache(data_dir: Path) -> Iterator[Path]:
+    """A folder for a server sweep's downloads under ``data_dir`` (see the module docstring): removed
+    when the block ends; the folders of sweeps whose process is gone removed first."""
+    root = Path(data_dir) / "sweep-cache"
+    root.mkdir(parents=True, exist_ok=True)
+    for left in root.iterdir():
+        pid = left.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing the download folder a stopped sweep left (%s)", left.name)
+            shutil.rmtree(left, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

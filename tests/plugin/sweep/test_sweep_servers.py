@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from datetime import date
@@ -380,3 +381,27 @@ def test_sweep_refuses_bad_filters_in_one_line(
     assert "DICOMweb" in _error(capsys, ["sweep", "--modality", "CT", *data])
     assert "--patients-file" in _error(capsys, ["sweep", "--patients-file", str(tmp_path / "no.txt"), *data])
     assert not (tmp_path / "crosscheck.db").exists()  # nothing was opened for a sweep that cannot run
+
+
+def test_the_download_cache_is_removed_and_a_killed_sweeps_is_too(tmp_path: Path) -> None:
+    """A sweep's download folder goes when it ends; one a killed sweep left (its process gone) goes
+    when the next sweep starts; a running sweep's stays."""
+    import subprocess
+    import sys
+
+    from plugin.sweep.fetch import download_cache
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    root = tmp_path / "sweep-cache"
+    left = root / f"{gone.stdout.strip()}-abc"
+    running = root / "1-def"  # pid 1 is always alive
+    for folder in (left, running):
+        (folder / "1.2.3").mkdir(parents=True)
+        (folder / "1.2.3" / "image.dcm").write_bytes(b"pixels of a patient")
+    with download_cache(tmp_path) as cache:
+        assert cache.parent == root and cache.name.startswith(f"{os.getpid()}-")
+        assert not left.exists() and running.exists()
+        (cache / "x.dcm").write_bytes(b"")
+    assert not cache.exists()
