@@ -77,6 +77,7 @@ __all__ = [
     "DEFAULT_MAX_PHASH_DISTANCE",
     "DEFAULT_MIN_TEXTURE_CORRELATION",
     "FINGERPRINT_VERSION",
+    "AnyFingerprint",
     "DuplicateMatch",
     "ImageFingerprint",
     "PackedFingerprint",
@@ -276,6 +277,9 @@ def _packed(h: imagehash.ImageHash) -> NDArray[np.uint8]:
 _BITS_SET = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)  # popcount of a byte
 
 
+#: A fingerprint as `fingerprint` computes it, or as kept (`ImageFingerprint.packed`).
+AnyFingerprint = ImageFingerprint | PackedFingerprint
+
 #: Reads back the texture of a study indexed with ``texture_elsewhere``: (patient key,
 #: StudyInstanceUID) -> its texture, or None when it has none (or is no longer kept).
 TextureLoader = Callable[[str, str], NDArray[np.float32] | None]
@@ -344,20 +348,31 @@ class PerceptualHashIndex:
         return True
 
     def add_fingerprint(
-        self, fp: ImageFingerprint, patient_key: str, *, texture_elsewhere: bool = False
+        self, fp: AnyFingerprint, patient_key: str, *, texture_elsewhere: bool = False
     ) -> None:
-        """Index a fingerprint; with ``texture_elsewhere`` its texture is not held but read back by
-        the index's ``textures`` when a query's hashes match it."""
+        """Index a fingerprint (as computed, or packed); with ``texture_elsewhere`` its texture is not
+        held but read back by the index's ``textures`` when a query's hashes match it."""
         if texture_elsewhere and self.textures is None:
             raise ValueError("an index without a texture loader holds its textures itself")
-        held = None if texture_elsewhere else fp.packed()
-        fp = replace(fp, texture=None)
-        key = (patient_key, fp.study_instance_uid)
-        phash, dhash = _packed(fp.phash), _packed(fp.dhash)
+        if isinstance(fp, PackedFingerprint):
+            base = fp.unpacked(with_texture=False)  # checks the hashes' lengths
+            phash, dhash = np.frombuffer(fp.phash, np.uint8), np.frombuffer(fp.dhash, np.uint8)
+            texture, scale = fp.texture, fp.texture_scale
+        else:
+            base = replace(fp, texture=None)
+            phash, dhash = _packed(fp.phash), _packed(fp.dhash)
+            texture, scale = (None, None)
+            if not texture_elsewhere and fp.texture is not None:
+                held = fp.packed()
+                texture, scale = held.texture, held.texture_scale
+        if texture_elsewhere:
+            texture, scale = None, None
+        key = (patient_key, base.study_instance_uid)
+        row_entry = _Row(patient_key, base, texture_elsewhere, texture, scale)
         with self._lock:
             if key in self._row_of:
                 old = self._row_of[key]
-                if texture_elsewhere and self._rows[old] == _Row(patient_key, fp, True):
+                if texture_elsewhere and self._rows[old] == row_entry:
                     return  # indexed already, as it is
                 self._live[old] = False
             row = len(self._rows)
@@ -368,10 +383,7 @@ class PerceptualHashIndex:
                 self._live = np.concatenate([self._live, np.zeros(size - row, bool)])
             self._phash[row], self._dhash[row] = phash, dhash
             self._live[row] = True
-            if held is None:
-                self._rows.append(_Row(patient_key, fp, texture_elsewhere))
-            else:
-                self._rows.append(_Row(patient_key, fp, False, held.texture, held.texture_scale))
+            self._rows.append(row_entry)
             self._row_of[key] = row
 
     def query(self, study: Study, patient_key: str) -> tuple[DuplicateMatch, ...]:
@@ -380,11 +392,18 @@ class PerceptualHashIndex:
         fp = fingerprint(study)
         return () if fp is None else self.query_fingerprint(fp, patient_key)
 
-    def query_fingerprint(self, fp: ImageFingerprint, patient_key: str) -> tuple[DuplicateMatch, ...]:
+    def query_fingerprint(self, fp: AnyFingerprint, patient_key: str) -> tuple[DuplicateMatch, ...]:
+        """`query` for a fingerprint (as computed, or packed). Textures are compared as kept, int8 on
+        both sides, so a correlation is the same whichever way the fingerprints came."""
+        packed = fp if isinstance(fp, PackedFingerprint) else fp.packed()
+        own = packed.unpacked(with_texture=False)
+        texture = None
+        if packed.texture is not None and packed.texture_scale is not None:
+            texture = unpack_texture(packed.texture, packed.texture_scale)
         with self._lock:
             n = len(self._rows)
-            phash_distance = _BITS_SET[self._phash[:n] ^ _packed(fp.phash)].sum(axis=1)
-            dhash_distance = _BITS_SET[self._dhash[:n] ^ _packed(fp.dhash)].sum(axis=1)
+            phash_distance = _BITS_SET[self._phash[:n] ^ np.frombuffer(packed.phash, np.uint8)].sum(axis=1)
+            dhash_distance = _BITS_SET[self._dhash[:n] ^ np.frombuffer(packed.dhash, np.uint8)].sum(axis=1)
             close = (
                 self._live[:n]
                 & (phash_distance <= self.max_phash_distance)
@@ -398,17 +417,19 @@ class PerceptualHashIndex:
         for row, dp, dd in candidates:  # the textures kept elsewhere are read outside the lock
             other = row.fingerprint
             same_patient = row.patient_key == patient_key
-            if other.study_instance_uid == fp.study_instance_uid:
+            if other.study_instance_uid == own.study_instance_uid:
                 # the study itself, even under another key: scored once with its record (the FHIR
                 # Patient id) and once without (its DICOM PatientID). One study filed under two
                 # patients is the identity check's to see; this check sees pixels under new UIDs.
                 continue
             if row.texture_elsewhere:
                 assert self.textures is not None
-                other = replace(other, texture=self.textures(row.patient_key, other.study_instance_uid))
+                theirs = self.textures(row.patient_key, other.study_instance_uid)
             else:
-                other = replace(other, texture=row.texture_back())
-            corr = fp.texture_correlation(other)
+                theirs = row.texture_back()
+            corr = (
+                None if texture is None or theirs is None else float(np.dot(texture.ravel(), theirs.ravel()))
+            )
             if corr is not None and corr < self.min_texture_correlation:
                 continue  # same layout, different acquisition
             matches.append(

@@ -38,7 +38,7 @@ from fusion.checks.duplicates import (
     DEFAULT_MAX_PHASH_DISTANCE,
     DEFAULT_MIN_TEXTURE_CORRELATION,
     FINGERPRINT_VERSION,
-    ImageFingerprint,
+    AnyFingerprint,
     PackedFingerprint,
     PerceptualHashIndex,
     unpack_texture,
@@ -66,13 +66,14 @@ class ImageArchive:
 
     def keep(
         self,
-        images: Iterable[tuple[str, ImageFingerprint]],
+        images: Iterable[tuple[str, AnyFingerprint]],
         *,
         source: ResultSource,
         input_fingerprints: Sequence[str | None] | None = None,
     ) -> int:
-        """Keep (patient key, fingerprint) pairs in one transaction, replacing a study's earlier one
-        under the same patient; ``input_fingerprints`` names each one's swept input. How many."""
+        """Keep (patient key, fingerprint) pairs (as computed, or packed) in one statement, replacing a
+        study's earlier one under the same patient (the last of a study given twice wins);
+        ``input_fingerprints`` names each one's swept input. How many rows were written."""
         pairs = list(images)
         inputs = list(input_fingerprints) if input_fingerprints is not None else [None] * len(pairs)
         if len(inputs) != len(pairs):
@@ -80,23 +81,22 @@ class ImageArchive:
         if not pairs:
             return 0
         now = self.store._now()
-        rows = [
-            _row(key, fp.packed(), source, input_fp, now)
-            for (key, fp), input_fp in zip(pairs, inputs, strict=True)
-        ]
+        rows: dict[tuple[str, str], dict[str, object]] = {}
+        for (key, fp), input_fp in zip(pairs, inputs, strict=True):
+            packed = fp if isinstance(fp, PackedFingerprint) else fp.packed()
+            rows[(key, packed.study_instance_uid)] = _row(key, packed, source, input_fp, now)
         with self.store._transaction(write=True) as session:
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            for row in rows:
-                statement = insert(ImageFingerprintRow).values(**row)
+            values = list(rows.values())
+            for start in range(0, len(values), _PAGE // 10):  # within any database's bound parameters
+                statement = insert(ImageFingerprintRow).values(values[start : start + _PAGE // 10])
                 session.execute(
                     statement.on_conflict_do_update(
-                        index_elements=["patient_key", "study_instance_uid"],
-                        set_={k: statement.excluded[k] for k in row if k not in _KEY},
+                        index_elements=list(_KEY),
+                        set_={k: statement.excluded[k] for k in _COLUMNS if k not in _KEY},
                     )
                 )
-        logger.debug(
-            "kept the fingerprints of studies %s", ", ".join(fp.study_instance_uid for _, fp in pairs)
-        )
+        logger.debug("kept the fingerprints of studies %s", ", ".join(uid for _, uid in rows))
         return len(rows)
 
     def index(
@@ -156,11 +156,11 @@ class ImageArchive:
             return None
         return unpack_texture(found.texture, found.texture_scale)
 
-    def for_inputs(self, input_fingerprints: Collection[str]) -> dict[str, tuple[str, ImageFingerprint]]:
-        """The kept (patient key, fingerprint with its texture) of swept inputs, by input
-        fingerprint; inputs without one kept (of this version) are left out."""
+    def for_inputs(self, input_fingerprints: Collection[str]) -> dict[str, tuple[str, PackedFingerprint]]:
+        """The kept (patient key, packed fingerprint) of swept inputs, by input fingerprint; inputs
+        without one kept (of this version) are left out."""
         wanted = list(dict.fromkeys(input_fingerprints))
-        found: dict[str, tuple[str, ImageFingerprint]] = {}
+        found: dict[str, tuple[str, PackedFingerprint]] = {}
         with self.store._transaction(write=False) as session:
             for start in range(0, len(wanted), 500):  # within any database's bound parameters
                 query = sa.select(ImageFingerprintRow).where(
@@ -169,11 +169,23 @@ class ImageArchive:
                 )
                 for row in session.scalars(query):
                     assert row.input_fingerprint is not None
-                    found[row.input_fingerprint] = (row.patient_key, _packed(row).unpacked())
+                    found[row.input_fingerprint] = (row.patient_key, _packed(row))
         return found
 
 
 _KEY = ("patient_key", "study_instance_uid")
+_COLUMNS = (
+    *_KEY,
+    "sop_instance_uid",
+    "version",
+    "phash",
+    "dhash",
+    "texture",
+    "texture_scale",
+    "source",
+    "input_fingerprint",
+    "recorded_at",
+)
 
 
 def _row(

@@ -22,7 +22,7 @@ from typing import Any
 from connectors import Strictness, link_cases, read_bundle, read_dicom
 from connectors.domain import Case, PatientRecord, SiteProfile, Study
 from fusion.checks import CHECKS, CheckContext, run_checks
-from fusion.checks.duplicates import ImageFingerprint, fingerprint
+from fusion.checks.duplicates import PackedFingerprint, fingerprint
 from fusion.explain import heatmap_site
 from fusion.features import CaseFeatures
 from fusion.model.factory import Preprocess
@@ -75,7 +75,7 @@ class Prepared:
     findings: tuple[Finding, ...]
     feature_ms: float
     checks_ms: float
-    image: ImageFingerprint | None = None
+    image: PackedFingerprint | None = None  # packed in the reader: a quarter of the bytes to send
     timeline: Timeline | None = None  # the record snapshot stored with the result
     files: tuple[str, ...] = ()  # the study's files (kept for the review page if it is flagged)
     heatmap_site: dict[str, Any] | None = None  # where its heatmap lies (`fusion.explain.heatmap_site`)
@@ -97,7 +97,7 @@ class Fingerprinted:
 
     unit_fingerprint: str
     patient_key: str
-    fingerprint: ImageFingerprint | None
+    fingerprint: PackedFingerprint | None
 
 
 _BUNDLES: OrderedDict[tuple[str, int, int, str], list[PatientRecord]] = OrderedDict()
@@ -164,9 +164,10 @@ def _timeline(unit: SweepUnit, case: Case) -> Timeline | None:
         return None
 
 
-def _fingerprint(unit: SweepUnit, study: Study) -> ImageFingerprint | None:
+def _fingerprint(unit: SweepUnit, study: Study) -> PackedFingerprint | None:
     try:
-        return fingerprint(study)
+        fp = fingerprint(study)
+        return None if fp is None else fp.packed()
     except Exception as exc:  # undecodable pixels: the pixel check reports them
         logger.debug("study %s not indexed: %s", unit.study_instance_uid, type(exc).__name__)
         return None
@@ -190,7 +191,7 @@ def fingerprint_unit(unit: SweepUnit, strictness: str = Strictness.WARN.value) -
     """The study's perceptual hashes for the duplicate index (``None``: no pixels, or unreadable),
     under its patient id as `plugin.check.build_hash_index` keys them: for the studies a
     resumed sweep did before, whose results are stored but whose hashes are not."""
-    fp: ImageFingerprint | None = None
+    fp: PackedFingerprint | None = None
     try:
         study = read_study(unit, strictness)
         if study is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from fusion.checks import finding_order
-from fusion.checks.duplicates import ImageFingerprint, PerceptualHashIndex, duplicate_findings
+from fusion.checks.duplicates import PackedFingerprint, PerceptualHashIndex, duplicate_findings
 from fusion.explain import with_probability
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.result import CrossCheckResult, Finding, ModelInfo
@@ -48,7 +48,7 @@ class Swept:
     timeline: Timeline | None = None
     heatmap: dict[str, Any] | None = None  # of a flagged result: `fusion.explain.heatmap_placement`
     files: tuple[str, ...] = ()  # the study's files as the reader read them
-    image: ImageFingerprint | None = None  # its image's, for the archive (None: no pixels, or no check)
+    image: PackedFingerprint | None = None  # its image's, for the archive (None: no pixels, or no check)
 
 
 #: A study scored, or one that could not be read.
@@ -77,7 +77,7 @@ class _Indexed:
     unit_fingerprint: str
     study_instance_uid: str
     patient_id: str | None  # the id the study is checked under (None: no duplicate check)
-    image: ImageFingerprint
+    image: PackedFingerprint  # kept packed: int8 texture, a quarter of float32's memory
 
 
 class SweepScorer:
@@ -146,7 +146,7 @@ class SweepScorer:
         return [i if isinstance(i, Failed) else _swept(i, *next(results)) for i in items], amendments
 
     def _add(
-        self, unit_fingerprint: str, patient_key: str, patient_id: str | None, image: ImageFingerprint
+        self, unit_fingerprint: str, patient_key: str, patient_id: str | None, image: PackedFingerprint
     ) -> None:
         assert self.index is not None
         self.index.add_fingerprint(image, patient_key)
@@ -184,7 +184,7 @@ class SweepScorer:
         return duplicates, amendments
 
     def _duplicates(
-        self, study_instance_uid: str, patient_id: str | None, image: ImageFingerprint
+        self, study_instance_uid: str, patient_id: str | None, image: PackedFingerprint
     ) -> tuple[Finding, ...]:
         if self.index is None or patient_id is None:
             return ()

@@ -87,7 +87,8 @@ def test_fingerprints_of_swept_inputs_come_back_with_their_texture(store: Store)
     )
     found = archive.for_inputs(["in-1", "in-2", "in-1"])
     assert list(found) == ["in-1"]
-    key, back = found["in-1"]
+    key, packed = found["in-1"]
+    back = packed.unpacked()
     assert key == "pat-a" and (back.phash, back.dhash) == (fp.phash, fp.dhash)
     assert fp.texture_correlation(back) == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="one each"):
