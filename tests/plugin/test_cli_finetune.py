@@ -331,7 +331,8 @@ def test_crosscheck_train_with_labels_fine_tunes_as_finetune_does(
     cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``crosscheck train --labels`` is `crosscheck finetune` with --data the replay cohort: the same
-    bundle, byte for byte (fine-tuning is deterministic)."""
+    labels, replay and calibration, and the same weights within float rounding (fine-tuning is
+    seeded; BLAS may sum in another order between runs)."""
     flagged = _flagged(cohort)[:2]
     labels = _write(
         tmp_path / "l.json",
@@ -342,12 +343,14 @@ def test_crosscheck_train_with_labels_fine_tunes_as_finetune_does(
     assert main(["finetune", *common, "--out", str(tmp_path / "finetune")]) == 0
     printed = capsys.readouterr().out
     assert printed.count("2 used, 0 skipped") == 2
-    digests = [
-        hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
-        for name in ("train", "finetune")
+    configs = [json.loads((tmp_path / name / "config.json").read_text()) for name in ("train", "finetune")]
+    assert configs[0]["fine_tuned"] == configs[1]["fine_tuned"]
+    assert configs[0]["fine_tuned"]["labels"]["used"] == 2
+    weights = [
+        load_bundle(tmp_path / name, device="cpu").model.state_dict() for name in ("train", "finetune")
     ]
-    assert digests[0] == digests[1]
-    assert json.loads((tmp_path / "train" / "config.json").read_text())["fine_tuned"]["labels"]["used"] == 2
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5)
 
 
 def test_crosscheck_train_with_half_the_fine_tuning_options_is_one_line_and_exit_2(
