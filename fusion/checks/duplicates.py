@@ -6,7 +6,11 @@ each study's primary series, under a patient key: ``imagehash`` pHash with
 within the thresholds of a study filed under *another* patient is reported as
 ``duplicate.other-patient`` (critical); under the *same* patient but another
 StudyInstanceUID as ``duplicate.same-patient`` (warning: an old image passed
-off as a new study, or a study stored twice).
+off as a new study, or a study stored twice). A key is the FHIR Patient id when
+the study was scored with its record, else its header's PatientID; a pair keyed
+one way each is the same patient when the PatientID key is the other image's
+header PatientID (`_same_patient`). An entry with the query's own
+StudyInstanceUID is the study itself, under any key.
 
 Normalisation before hashing: CT in a fixed window (-1100 .. 500 HU, so the
 hash does not depend on the header's WindowCenter/Width), other modalities
@@ -114,6 +118,7 @@ class PackedFingerprint:
     texture: bytes | None
     texture_scale: float | None
     version: int = FINGERPRINT_VERSION
+    dicom_patient_id: str | None = None
 
     def unpacked(self, *, with_texture: bool = True) -> ImageFingerprint:
         """The fingerprint back (the texture as float32, or left out)."""
@@ -126,6 +131,7 @@ class PackedFingerprint:
             _unpacked_hash(self.phash, _PHASH_SIZE),
             _unpacked_hash(self.dhash, 8),
             texture,
+            self.dicom_patient_id,
         )
 
 
@@ -156,6 +162,7 @@ class ImageFingerprint:
     phash: imagehash.ImageHash
     dhash: imagehash.ImageHash
     texture: NDArray[np.float32] | None = None  # unit-norm fine-texture residual, see module docstring
+    dicom_patient_id: str | None = None  # the header's PatientID (see PerceptualHashIndex: same patient)
 
     def distance(self, other: ImageFingerprint) -> tuple[int, int]:
         """Hamming distances (pHash of 256 bits, dHash of 64 bits)."""
@@ -182,6 +189,7 @@ class ImageFingerprint:
             _packed(self.dhash).tobytes(),
             texture,
             scale,
+            dicom_patient_id=self.dicom_patient_id,
         )
 
 
@@ -266,6 +274,7 @@ def fingerprint(study: Study) -> ImageFingerprint | None:
         phash=imagehash.phash(image, hash_size=_PHASH_SIZE),
         dhash=imagehash.dhash(image),
         texture=_texture_residual(image),
+        dicom_patient_id=(study.patient.patient_id or "")[:64] or None,  # LO: 64 characters at most
     )
 
 
@@ -416,7 +425,7 @@ class PerceptualHashIndex:
         matches = []
         for row, dp, dd in candidates:  # the textures kept elsewhere are read outside the lock
             other = row.fingerprint
-            same_patient = row.patient_key == patient_key
+            same_patient = _same_patient(row.patient_key, other, patient_key, own)
             if other.study_instance_uid == own.study_instance_uid:
                 # the study itself, even under another key: scored once with its record (the FHIR
                 # Patient id) and once without (its DICOM PatientID). One study filed under two
@@ -446,6 +455,19 @@ class PerceptualHashIndex:
         return tuple(
             sorted(matches, key=lambda m: (m.phash_distance + m.dhash_distance, m.study_instance_uid))
         )
+
+
+def _same_patient(key: str, fp: ImageFingerprint, other_key: str, other: ImageFingerprint) -> bool:
+    """Whether two indexed images are filed under one patient. Keys are compared; and where one
+    side's key is the other's DICOM PatientID, they are the same patient too: a study scored
+    without its record is keyed by its header's PatientID, the same patient's study scored with it
+    by the FHIR Patient id. Two keys that are both FHIR ids are never overruled by the headers (an
+    image re-filed under another record with its header left as it was stays another patient's)."""
+    if key == other_key:
+        return True
+    return (other.dicom_patient_id is not None and key == other.dicom_patient_id) or (
+        fp.dicom_patient_id is not None and other_key == fp.dicom_patient_id
+    )
 
 
 def check_duplicates(case: Case, ctx: CheckContext) -> list[Finding]:

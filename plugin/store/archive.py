@@ -125,6 +125,7 @@ class ImageArchive:
             ImageFingerprintRow.sop_instance_uid,
             ImageFingerprintRow.phash,
             ImageFingerprintRow.dhash,
+            ImageFingerprintRow.dicom_patient_id,
             ImageFingerprintRow.recorded_at,
         ).where(ImageFingerprintRow.version == FINGERPRINT_VERSION)
         if since is not None:
@@ -132,10 +133,12 @@ class ImageArchive:
         count = 0
         newest = since
         with self.store._transaction(write=False) as session:
-            for key, study, sop, phash, dhash, recorded in session.execute(
+            for key, study, sop, phash, dhash, dicom_patient, recorded in session.execute(
                 query.execution_options(yield_per=_PAGE)
             ):
-                packed = PackedFingerprint(study, sop, phash, dhash, None, None)
+                packed = PackedFingerprint(
+                    study, sop, phash, dhash, None, None, dicom_patient_id=dicom_patient
+                )
                 index.add_fingerprint(packed.unpacked(with_texture=False), key, texture_elsewhere=True)
                 newest = recorded if newest is None else max(newest, recorded)
                 count += 1
@@ -182,6 +185,7 @@ _COLUMNS = (
     "dhash",
     "texture",
     "texture_scale",
+    "dicom_patient_id",
     "source",
     "input_fingerprint",
     "recorded_at",
@@ -204,6 +208,7 @@ def _row(
         "dhash": packed.dhash,
         "texture": packed.texture,
         "texture_scale": packed.texture_scale,
+        "dicom_patient_id": packed.dicom_patient_id,
         "source": source.value,
         "input_fingerprint": input_fingerprint,
         "recorded_at": now,
@@ -219,4 +224,5 @@ def _packed(row: ImageFingerprintRow) -> PackedFingerprint:
         row.texture,
         row.texture_scale,
         row.version,
+        row.dicom_patient_id,
     )

@@ -322,7 +322,8 @@ class ImageFingerprintRow(Base):
     """The perceptual hashes (packed bits) and the int8 fine texture of a study's image under the
     patient it was filed under (`fusion.checks.duplicates.PackedFingerprint`), written by the
     service and by sweeps, replaced when the study is scored again (`plugin.store.ImageArchive`).
-    ``patient_key`` is patient data, like the results' patient ids; ``version`` is the
+    ``patient_key`` (and ``dicom_patient_id``, the header's PatientID) is patient data, like the
+    results' patient ids; ``version`` is the
     fingerprint's (`fusion.checks.duplicates.FINGERPRINT_VERSION`); ``input_fingerprint`` names the
     swept input the image came from (None for the service's)."""
 
@@ -336,6 +337,7 @@ class ImageFingerprintRow(Base):
     dhash: Mapped[bytes] = mapped_column(sa.LargeBinary)
     texture: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     texture_scale: Mapped[float | None] = mapped_column(sa.Float)
+    dicom_patient_id: Mapped[str | None] = mapped_column(sa.String(64))
     source: Mapped[str] = mapped_column(sa.String(16))
     input_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

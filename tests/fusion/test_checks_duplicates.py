@@ -171,3 +171,23 @@ def test_a_study_indexed_under_another_key_is_not_its_own_duplicate(cf):
     assert index.query(study, "pat-000000") == ()
     refiled = study_with(cf, cf.smooth_image(1), "1.2.3.200")
     assert [m.study_instance_uid for m in index.query(refiled, "pat-000000")] == ["1.2.3.100"]
+
+
+def test_one_patient_under_a_fhir_id_and_a_dicom_patient_id_is_the_same_patient(cf):
+    """The same pixels under a new UID: indexed without a record (keyed by the header's PatientID),
+    queried with one (keyed by the FHIR Patient id) is the same patient; two FHIR ids that differ
+    stay two patients whatever the headers say (an image re-filed under another record)."""
+    img = cf.smooth_image(1)
+    first, again = study_with(cf, img, "1.2.3.100"), study_with(cf, img, "1.2.3.200")
+    header = duplicates.fingerprint(first).dicom_patient_id
+    assert header and header == duplicates.fingerprint(again).dicom_patient_id
+    index = PerceptualHashIndex()
+    index.add(first, header)  # scored without its record
+    (match,) = index.query(again, "pat-000000")  # scored with it
+    assert match.same_patient
+    records = PerceptualHashIndex()
+    records.add(first, "pat-000001")
+    (match,) = records.query(again, "pat-000000")
+    assert not match.same_patient
+    packed = duplicates.fingerprint(first).packed()
+    assert packed.dicom_patient_id == header and packed.unpacked().dicom_patient_id == header

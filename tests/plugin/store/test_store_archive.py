@@ -115,3 +115,21 @@ def test_a_flat_image_is_kept_without_texture(store: Store) -> None:
     assert archive.texture("pat-a", "1.2.3.1") is None
     (match,) = archive.index().query_fingerprint(_fingerprint(1, "1.2.3.9"), "pat-z")
     assert match.texture_correlation is None  # the hashes alone decide, as for a flat image held
+
+
+def test_the_header_patient_id_is_kept_and_decides_a_mixed_pair(db_path: Path) -> None:
+    """Kept without a record (keyed by the header's PatientID), found again with one: the same
+    patient, also after a restart."""
+    kept = replace(_fingerprint(1, "1.2.3.1"), dicom_patient_id="MRN1")
+    with Store.open(db_path) as store:
+        ImageArchive(store).keep([("MRN1", kept)], source=ResultSource.REST)
+    with Store.open(db_path) as store:
+        index = ImageArchive(store).index()
+        (match,) = index.query_fingerprint(
+            replace(_fingerprint(1, "1.2.3.9"), dicom_patient_id="MRN1"), "pat-1"
+        )
+        assert match.same_patient
+        (match,) = index.query_fingerprint(
+            replace(_fingerprint(1, "1.2.3.9"), dicom_patient_id="MRN2"), "pat-2"
+        )
+        assert not match.same_patient

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("dhash", sa.LargeBinary(), nullable=False),
         sa.Column("texture", sa.LargeBinary(), nullable=True),
         sa.Column("texture_scale", sa.Float(), nullable=True),
+        sa.Column("dicom_patient_id", sa.String(length=64), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("input_fingerprint", sa.String(length=64), nullable=True),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
