@@ -64,8 +64,9 @@ compared with new ones.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import imagehash
 import numpy as np
@@ -167,12 +168,6 @@ class ImageFingerprint:
     def distance(self, other: ImageFingerprint) -> tuple[int, int]:
         """Hamming distances (pHash of 256 bits, dHash of 64 bits)."""
         return int(self.phash - other.phash), int(self.dhash - other.dhash)
-
-    def texture_correlation(self, other: ImageFingerprint) -> float | None:
-        """Correlation of the two fine-texture residuals (-1 .. 1); ``None`` if either lacks one."""
-        if self.texture is None or other.texture is None:
-            return None
-        return float(np.dot(self.texture.ravel(), other.texture.ravel()))
 
     def packed(self) -> PackedFingerprint:
         """The fingerprint as bytes, to keep (see the module docstring)."""
@@ -344,13 +339,27 @@ class PerceptualHashIndex:
         self._phash = np.zeros((0, _PHASH_SIZE**2 // 8), np.uint8)
         self._dhash = np.zeros((0, 8), np.uint8)
         self._live = np.zeros(0, bool)
+        self._last: tuple[weakref.ref[Study], ImageFingerprint | None] | None = None  # `fingerprint_of`
 
     def __len__(self) -> int:
         return len(self._row_of)
 
+    def fingerprint_of(self, study: Study) -> ImageFingerprint | None:
+        """`fingerprint` of ``study``, computed once for the study last asked about: the duplicate
+        check queries a study, then its caller indexes the same study (a decoding error is not
+        kept: the next call tries again)."""
+        with self._lock:
+            last = self._last
+        if last is not None and last[0]() is study:
+            return last[1]
+        fp = fingerprint(study)
+        with self._lock:
+            self._last = (weakref.ref(study), fp)
+        return fp
+
     def add(self, study: Study, patient_key: str) -> bool:
         """Index a study under a patient; ``False`` when it has no pixels to hash."""
-        fp = fingerprint(study)
+        fp = self.fingerprint_of(study)
         if fp is None:
             return False
         self.add_fingerprint(fp, patient_key)
@@ -363,19 +372,10 @@ class PerceptualHashIndex:
         held but read back by the index's ``textures`` when a query's hashes match it."""
         if texture_elsewhere and self.textures is None:
             raise ValueError("an index without a texture loader holds its textures itself")
-        if isinstance(fp, PackedFingerprint):
-            base = fp.unpacked(with_texture=False)  # checks the hashes' lengths
-            phash, dhash = np.frombuffer(fp.phash, np.uint8), np.frombuffer(fp.dhash, np.uint8)
-            texture, scale = fp.texture, fp.texture_scale
-        else:
-            base = replace(fp, texture=None)
-            phash, dhash = _packed(fp.phash), _packed(fp.dhash)
-            texture, scale = (None, None)
-            if not texture_elsewhere and fp.texture is not None:
-                held = fp.packed()
-                texture, scale = held.texture, held.texture_scale
-        if texture_elsewhere:
-            texture, scale = None, None
+        packed = fp if isinstance(fp, PackedFingerprint) else fp.packed()
+        base = packed.unpacked(with_texture=False)  # checks the hashes' lengths
+        phash, dhash = np.frombuffer(packed.phash, np.uint8), np.frombuffer(packed.dhash, np.uint8)
+        texture, scale = (None, None) if texture_elsewhere else (packed.texture, packed.texture_scale)
         key = (patient_key, base.study_instance_uid)
         row_entry = _Row(patient_key, base, texture_elsewhere, texture, scale)
         with self._lock:
@@ -398,7 +398,7 @@ class PerceptualHashIndex:
     def query(self, study: Study, patient_key: str) -> tuple[DuplicateMatch, ...]:
         """Indexed studies whose image matches this study's, closest first (itself excluded: any
         entry with its StudyInstanceUID)."""
-        fp = fingerprint(study)
+        fp = self.fingerprint_of(study)
         return () if fp is None else self.query_fingerprint(fp, patient_key)
 
     def query_fingerprint(self, fp: AnyFingerprint, patient_key: str) -> tuple[DuplicateMatch, ...]:
@@ -425,7 +425,6 @@ class PerceptualHashIndex:
         matches = []
         for row, dp, dd in candidates:  # the textures kept elsewhere are read outside the lock
             other = row.fingerprint
-            same_patient = _same_patient(row.patient_key, other, patient_key, own)
             if other.study_instance_uid == own.study_instance_uid:
                 # the study itself, even under another key: scored once with its record (the FHIR
                 # Patient id) and once without (its DICOM PatientID). One study filed under two
@@ -448,7 +447,7 @@ class PerceptualHashIndex:
                     other.sop_instance_uid,
                     dp,
                     dd,
-                    same_patient,
+                    _same_patient(row.patient_key, other, patient_key, own),
                     corr,
                 )
             )

@@ -43,7 +43,6 @@ from connectors.errors import NoImagingFound
 from connectors.link import link_cases
 from connectors.remote import ImagingSource, study_uids_for
 from connectors.strictness import Strictness
-from fusion.checks.duplicates import fingerprint
 from fusion.result import CrossCheckResult
 from fusion.scorer import Prediction, Scorer
 from plugin.cases.cost import cost_weight
@@ -293,12 +292,13 @@ class Engine:
         """The study's fingerprint into the archive (and the index): later studies are checked
         against it. Kept in memory alone when the database refuses it."""
         try:
-            fp = fingerprint(case.study)
+            computed = self.hash_index.fingerprint_of(case.study)  # the duplicate check's, not again
         except Exception as exc:  # undecodable pixels: the pixel check has reported them
             logger.debug("study %s not indexed (%s)", case.study_instance_uid, type(exc).__name__)
             return
-        if fp is None:
+        if computed is None:
             return
+        fp = computed.packed()  # once, for the archive and the index
         owner = case.patient_id or case.study.patient.patient_id or "unknown"
         try:
             self.archive.keep([(owner, fp)], source=ResultSource(source))

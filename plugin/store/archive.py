@@ -25,6 +25,7 @@ results' patient ids, never logged.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -62,7 +63,8 @@ class ImageArchive:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._seen: dict[int, datetime] = {}  # id of an index -> the newest recorded_at it holds
+        self._seen: weakref.WeakKeyDictionary[PerceptualHashIndex, datetime] = weakref.WeakKeyDictionary()
+        # an index -> the newest recorded_at it holds
 
     def keep(
         self,
@@ -118,7 +120,7 @@ class ImageArchive:
         sweep, say. How many fingerprints it read."""
         if index.textures is None:
             raise ValueError("the index must read its textures back (ImageArchive.index makes one)")
-        since = self._seen.get(id(index))
+        since = self._seen.get(index)
         query = sa.select(
             ImageFingerprintRow.patient_key,
             ImageFingerprintRow.study_instance_uid,
@@ -139,11 +141,11 @@ class ImageArchive:
                 packed = PackedFingerprint(
                     study, sop, phash, dhash, None, None, dicom_patient_id=dicom_patient
                 )
-                index.add_fingerprint(packed.unpacked(with_texture=False), key, texture_elsewhere=True)
+                index.add_fingerprint(packed, key, texture_elsewhere=True)
                 newest = recorded if newest is None else max(newest, recorded)
                 count += 1
         if newest is not None:
-            self._seen[id(index)] = newest
+            self._seen[index] = newest
         return count
 
     def texture(self, patient_key: str, study_instance_uid: str) -> NDArray[np.float32] | None:

@@ -375,33 +375,20 @@ class Store:
             if row is None:  # pragma: no cover - an amendment names a result stored before it
                 continue
             before = CrossCheckResult.from_json(row.result_json)
-            session.execute(
-                sa.update(ResultRow)
-                .where(ResultRow.id == result_id)
-                .values(
-                    score_overall=result.scores.overall,
-                    score_consistency=result.scores.consistency,
-                    score_synthetic=result.scores.synthetic,
-                    flagged=result.flagged,
-                    result_json=result.to_json(),
-                )
-            )
+            row.score_overall = result.scores.overall
+            row.score_consistency = result.scores.consistency
+            row.score_synthetic = result.scores.synthetic
+            row.flagged = result.flagged
+            row.result_json = result.to_json()
             session.add(
-                AuditEventRow(
-                    at=self._now(),
-                    actor_kind=ActorKind.SYSTEM.value,
-                    actor_id="sweep",
-                    action=AuditAction.RESULT_AMEND.value,
+                self._audit_row(
+                    AuditAction.RESULT_AMEND,
+                    Actor(ActorKind.SYSTEM, "sweep"),
                     result_id=result_id,
                     study_instance_uid=result.case.study_instance_uid,
                     model_version=None if result.model is None else result.model.version,
                     outcome="amended",
-                    detail=audit_detail(
-                        {
-                            "before": _summary(before),
-                            "after": _summary(result),
-                        }
-                    ),
+                    detail={"before": _summary(before), "after": _summary(result)},
                 )
             )
             logger.debug("amended result %s", result_id)
@@ -596,7 +583,36 @@ class Store:
         not hold, e.g. the hook or the Card's indicator. Callers pass ids only: never patient
         names, birth dates or tokens.
         """
-        row = AuditEventRow(
+        row = self._audit_row(
+            action,
+            actor,
+            result_id=result_id,
+            study_instance_uid=study_instance_uid,
+            model_version=model_version,
+            outcome=outcome,
+            status_code=status_code,
+            detail=detail,
+        )
+        with self._transaction(write=True) as session:
+            session.add(row)
+            session.flush()
+            return _audit_event(row)
+
+    def _audit_row(
+        self,
+        action: AuditAction | str,
+        actor: Actor,
+        *,
+        result_id: str | None = None,
+        study_instance_uid: str | None = None,
+        model_version: str | None = None,
+        outcome: str | None = None,
+        status_code: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEventRow:
+        """The row of an audit event (see :meth:`audit`), for a transaction that writes it with the
+        change it records."""
+        return AuditEventRow(
             at=self._now(),
             actor_kind=actor.kind.value,
             actor_id=actor.id,
@@ -608,10 +624,6 @@ class Store:
             status_code=status_code,
             detail=audit_detail(detail),
         )
-        with self._transaction(write=True) as session:
-            session.add(row)
-            session.flush()
-            return _audit_event(row)
 
     def audit_events(
         self,

@@ -173,23 +173,26 @@ def _done_before(
         disable=not progress or not missing,
     )
     again = list(hashed)
-    _keep_fingerprinted(archive, [f for f in again if f.fingerprint is not None])
+    _keep_fingerprinted(archive, again)
     return found + again
 
 
 def _keep_images(archive: ImageArchive, swept: Sequence[Swept]) -> None:
     """The batch's image fingerprints into the archive (the service's duplicate check and the
     review page's similar images search it), under the patient the sweep's index keys them by."""
-    kept = [s for s in swept if s.image is not None]
     _keep_fingerprinted(
-        archive, [Fingerprinted(s.unit.fingerprint, s.unit.patient_id or "unknown", s.image) for s in kept]
+        archive, [Fingerprinted(s.unit.fingerprint, s.unit.patient_id or "unknown", s.image) for s in swept]
     )
 
 
 def _keep_fingerprinted(archive: ImageArchive, items: Sequence[Fingerprinted]) -> None:
-    images = [(f.patient_key, f.fingerprint) for f in items if f.fingerprint is not None]
-    inputs = [f.unit_fingerprint for f in items if f.fingerprint is not None]
-    archive.keep(images, source=ResultSource.SWEEP, input_fingerprints=inputs)
+    """Those of ``items`` with a fingerprint (a study without pixels has none) into the archive."""
+    hashed = [(f, f.fingerprint) for f in items if f.fingerprint is not None]
+    archive.keep(
+        [(f.patient_key, fp) for f, fp in hashed],
+        source=ResultSource.SWEEP,
+        input_fingerprints=[f.unit_fingerprint for f, _ in hashed],
+    )
 
 
 def _amended(store: Store, amendments: Sequence[Amendment], sha256: str) -> list[StoredResult]:
