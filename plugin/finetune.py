@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from connectors import Strictness, link_cases, read_dicom
+from connectors.dicom.web import StudyRef
 from connectors.domain import Case, PatientRecord
 from connectors.errors import ConnectorError
 from connectors.fhir.fetch import fetch_record
@@ -68,11 +69,12 @@ from fusion.finetune import TargetedCase, fine_tune
 from fusion.model.bundle import default_bundle_path, load_bundle
 from fusion.train import LabelledCase
 from plugin.cohort import load_cohort
-from plugin.errors import EmptySelection, FineTuneError, LabelledStudiesNotFound, LabelsFileInvalid
+from plugin.errors import FineTuneError, LabelledStudiesNotFound, LabelsFileInvalid
 from plugin.servers import ServerSettings
 from plugin.store import FabricationKind, TrainingLabel
+from plugin.sweep import servers as server_sweep
 from plugin.sweep.prepare import load_case
-from plugin.sweep.servers import StudySelection, units_from_servers
+from plugin.sweep.servers import StudySelection, record_subjects
 from plugin.sweep.units import units_from_folder
 
 __all__ = [
@@ -212,25 +214,25 @@ def find_studies_on_servers(
     the module docstring). A study the PACS does not hold is missing; one whose fetch, or whose
     record's, fails is unreadable. `connectors.errors.ServerError` when a server cannot be reached."""
     wanted = list(dict.fromkeys(uids))
-    try:
-        units = units_from_servers(settings, StudySelection(study_instance_uids=tuple(wanted)), cache=cache)
-    except EmptySelection:
-        units = ()
-    by_uid = {u.study_instance_uid: u for u in units}
-    patients = sorted({u.source.fhir_patient for u in units if u.source and u.source.fhir_patient})
-    records, failed = asyncio.run(_records(settings, patients, strictness)) if patients else ({}, set())
+    if settings.dicomweb_url is None:
+        raise ValueError("the labelled studies are fetched over DICOMweb: the settings name no PACS")
     cases: dict[str, Case] = {}
     missing: list[str] = []
     unreadable: list[str] = []
-    assert settings.dicomweb_url is not None  # units_from_servers refuses settings without one
     with settings.dicomweb_source(settings.dicomweb_url) as pacs:
+        refs = server_sweep.find_studies(pacs, StudySelection(study_instance_uids=tuple(wanted)))
+        subjects: dict[str, str | None] = {}
+        records: dict[str, PatientRecord] = {}
+        failed: set[str] = set()
+        if refs and settings.fhir_url is not None:
+            subjects, records, failed = asyncio.run(_records(settings, refs, strictness))
+        on_pacs = {ref.study_instance_uid for ref in refs}
         for uid in wanted:
-            unit = by_uid.get(uid)
-            if unit is None:
+            if uid not in on_pacs:
                 missing.append(uid)
                 logger.debug("labelled study %s is not on the PACS", uid)
                 continue
-            patient = unit.source.fhir_patient if unit.source else None
+            patient = subjects.get(uid)
             try:
                 if patient in failed:
                     raise ConnectorError(f"the record of Patient/{patient} could not be fetched")
@@ -248,20 +250,23 @@ def find_studies_on_servers(
 
 
 async def _records(
-    settings: ServerSettings, patients: list[str], strictness: Strictness | str
-) -> tuple[dict[str, PatientRecord], set[str]]:
-    """The records of ``patients`` on the FHIR server; the Patient ids whose fetch failed."""
+    settings: ServerSettings, refs: list[StudyRef], strictness: Strictness | str
+) -> tuple[dict[str, str | None], dict[str, PatientRecord], set[str]]:
+    """Each study's Patient on the FHIR server (linked as a server sweep links it), those patients'
+    records, and the Patient ids whose record could not be fetched."""
     fhir = settings.fhir_client()
-    records: dict[str, PatientRecord] = {}
-    failed: set[str] = set()
     try:
         capabilities = await fhir.capabilities()
+        found = await record_subjects(fhir, refs)
+        patients = sorted({p for p in found if p is not None})
         fetched = await asyncio.gather(
             *(fetch_record(fhir, p, strictness=strictness, capabilities=capabilities) for p in patients),
             return_exceptions=True,
         )
     finally:
         await fhir.aclose()
+    records: dict[str, PatientRecord] = {}
+    failed: set[str] = set()
     for patient, got in zip(patients, fetched, strict=True):
         if isinstance(got, ConnectorError):
             failed.add(patient)
@@ -270,7 +275,8 @@ async def _records(
             raise got
         else:
             records[patient] = got.record
-    return records, failed
+    subjects = {ref.study_instance_uid: p for ref, p in zip(refs, found, strict=True)}
+    return subjects, records, failed
 
 
 def fine_tuned_version(parent_version: str, labels_sha256: str) -> str:

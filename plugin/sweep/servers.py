@@ -64,6 +64,7 @@ __all__ = [
     "find_studies",
     "parse_study_date",
     "read_identifiers",
+    "record_subjects",
     "units_from_servers",
 ]
 
@@ -320,7 +321,7 @@ async def _link_records(
     fhir = settings.fhir_client()
     try:
         capabilities = await fhir.capabilities()
-        subjects = await asyncio.gather(*(_subject(fhir, ref) for ref in refs))
+        subjects = await record_subjects(fhir, refs)
         patients = sorted({s for s in subjects if s is not None})
         versions = await asyncio.gather(
             *(record_versions(fhir, p, capabilities=capabilities) for p in patients)
@@ -332,6 +333,12 @@ async def _link_records(
         ref.study_instance_uid: (subject, records[subject] if subject is not None else None)
         for ref, subject in zip(refs, subjects, strict=True)
     }
+
+
+async def record_subjects(fhir: FhirClient, refs: Sequence[StudyRef]) -> list[str | None]:
+    """The Patient id of each study's record on ``fhir`` (see the module docstring; None: no one
+    Patient), in the order of ``refs``."""
+    return list(await asyncio.gather(*(_subject(fhir, ref) for ref in refs)))
 
 
 async def _subject(fhir: FhirClient, ref: StudyRef) -> str | None:
